@@ -1,0 +1,210 @@
+"""The `captioner` command: demo, train, evaluate, caption."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from captioner.config import ConfigError, DecodeConfig, config_for_estimator, load_config
+
+DESCRIPTION = """Hard-attention image captioning trained with wake-sleep importance weighting (WS-RAM).
+
+  captioner demo --out demo-run                 train + evaluate on the built-in scenes data (CPU, minutes)
+  captioner train --config my.yaml --out run    train from a YAML config (with --set key=value overrides)
+  captioner evaluate run/model --split test     score a saved model on a split
+  captioner caption run/model photo.jpg ...     caption image files, with --attention-dir for pictures
+"""
+
+
+def _common_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file with settings (sections data, model, estimator, "
+                        "train, decode); see eval/configs/ for examples")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--estimator", choices=("wsram", "var", "soft"),
+                        help="training objective (default: the config's, else wsram)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _build_config(args: argparse.Namespace):
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.quiet:
+        overrides.append("train.progress_bar=false")
+    base = config_for_estimator(args.estimator) if args.estimator else None
+    return load_config(args.config, overrides, base=base)
+
+
+def _decode_overrides(args: argparse.Namespace, decode: DecodeConfig) -> DecodeConfig:
+    values = {**decode.__dict__}
+    for key in ("beam_size", "max_length", "length_penalty", "attention_mode"):
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    return DecodeConfig(**values)
+
+
+def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam-size", type=int, help="beam size (1 = greedy); default: the model's decoding.json")
+    parser.add_argument("--max-length", type=int, help="longest caption in words")
+    parser.add_argument("--length-penalty", type=float, help="rank finished beams by log p / length**penalty")
+    parser.add_argument("--attention-mode", choices=("argmax", "sample", "expected"),
+                        help="where the model looks at test time: argmax of pi_t, a sample, or the expected glimpse")
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from captioner.experiment import format_scores, run_experiment
+
+    config = _build_config(args)
+    print(f"captioner demo: training {config.estimator.name} on the built-in scenes data "
+          f"({config.data.train_size} training images, {config.train.epochs} epochs, {config.train.device})",
+          file=sys.stderr)
+    metrics = run_experiment(config, args.out, examples=args.examples)
+    print(f"test split, beam size {config.decode.beam_size}:")
+    print(format_scores({k: metrics[k] for k in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "attention_accuracy",
+                                                   "bound_prior", "wall_seconds")}))
+    print(f"wrote {args.out}/metrics.json, {args.out}/model, {args.out}/learning_curves.png, "
+          f"{args.out}/captions.jsonl and {args.out}/attention/")
+    return 0
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from captioner.experiment import format_scores, run_experiment
+
+    config = _build_config(args)
+    metrics = run_experiment(config, args.out, resume=args.resume)
+    print(f"test split, beam size {config.decode.beam_size}:")
+    print(format_scores({k: v for k, v in metrics.items() if k.startswith("Bleu") or k in (
+        "attention_accuracy", "bound_prior", "bound_proposal", "wall_seconds")}))
+    print(f"wrote {args.out}/metrics.json and the model to {args.out}/model")
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    import captioner
+    from captioner.data.datasets import load_dataset
+    from captioner.evaluation import evaluate_split
+    from captioner.experiment import format_scores
+    from captioner.models.captioner import load_decoding
+
+    model_dir = Path(args.model)
+    data_config = args.config or (model_dir / "training_config.yaml")
+    if not Path(data_config).is_file():
+        raise ConfigError(f"{data_config}: no data config; pass --config with the data section to evaluate on")
+    config = load_config(data_config, args.overrides)
+    device = torch.device(args.device or "cpu")
+    model = captioner.load(model_dir, device)
+    decode = _decode_overrides(args, load_decoding(model_dir))
+    split = load_dataset(config.data)[args.split]
+    scores, captions = evaluate_split(model, split, decode, device, args.samples)
+    result = {"dataset": config.data.dataset, "split": args.split, "estimator": config.estimator.name,
+              "beam_size": decode.beam_size, "attention_mode": decode.attention_mode, **scores,
+              "model": str(model_dir), "decoding": decode.__dict__,
+              "captions": [{"image_id": i, "caption": c.text} for i, c in zip(split.image_ids, captions)]}
+    print(f"{config.data.dataset} {args.split} split, beam size {decode.beam_size}:")
+    print(format_scores(scores))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def command_caption(args: argparse.Namespace) -> int:
+    import torch
+
+    import captioner
+    from captioner.data.images import find_images
+    from captioner.inference import caption_files
+    from captioner.models.captioner import load_decoding
+
+    device = torch.device(args.device or "cpu")
+    model = captioner.load(args.model, device)
+    decode = _decode_overrides(args, load_decoding(args.model))
+    paths = find_images(args.paths)
+    if not paths:
+        print("captioner caption: no image files found in the given paths", file=sys.stderr)
+        return 1
+    errors: list[str] = []
+    output = open(args.output, "w") if args.output else sys.stdout
+    count = 0
+    try:
+        for record in caption_files(model, paths, decode, device, args.batch_size, args.attention_dir, errors):
+            output.write(json.dumps(record.to_json()) + "\n")
+            count += 1
+    finally:
+        if args.output:
+            output.close()
+    print(f"captioned {count} image(s); skipped {len(errors)} unreadable", file=sys.stderr)
+    return 0 if count else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train and evaluate on the built-in scenes data (minutes on a CPU)",
+                          description="Train a captioner on the built-in scenes data, evaluate it on the test "
+                          "split with beam search, caption a few test images and write OUT/metrics.json, "
+                          "OUT/model, OUT/learning_curves.png and attention pictures.")
+    demo.add_argument("--out", type=Path, default=Path("demo-run"), help="output folder (default: demo-run)")
+    demo.add_argument("--examples", type=int, default=4, help="test images to caption with pictures (default 4)")
+    _common_training_arguments(demo)
+    demo.set_defaults(handler=command_demo)
+
+    train = sub.add_parser("train", help="train from a config; writes checkpoints, logs, the model and metrics",
+                           description="Train, keeping checkpoints/latest.pt and checkpoints/best.pt (best "
+                           "validation BLEU-4) and log.jsonl under OUT; then export OUT/model and score the test "
+                           "split into OUT/metrics.json.")
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/latest.pt")
+    _common_training_arguments(train)
+    train.set_defaults(handler=command_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a saved model on a data split",
+                              description="Decode every image of a split with the model's prior and score BLEU-1..4 "
+                              "(coco-caption's definition), attention accuracy and the likelihood bound L_K.")
+    evaluate.add_argument("model", type=Path, help="saved model folder (e.g. RUN/model)")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--config", type=Path, help="config whose data section names the data "
+                          "(default: MODEL/training_config.yaml)")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--samples", type=int, default=20, help="K of the likelihood bound (default 20)")
+    evaluate.add_argument("--device", help="cpu, cuda or cuda:N")
+    evaluate.add_argument("--out", type=Path, help="write scores and captions to this JSON file")
+    _add_decode_arguments(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
+
+    caption = sub.add_parser("caption", help="caption image files",
+                             description="Caption image files, folders (recursively) or glob patterns. Writes one "
+                             "JSON line per image: file, caption, and for every word its location, the location's "
+                             "probability and the word's probability. Unreadable files are reported and skipped.")
+    caption.add_argument("model", type=Path, help="saved model folder")
+    caption.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    caption.add_argument("--output", type=Path, help="JSON lines file (default: standard output)")
+    caption.add_argument("--attention-dir", type=Path, help="write one attention picture per image here")
+    caption.add_argument("--batch-size", type=int, default=32)
+    caption.add_argument("--device", help="cpu, cuda or cuda:N")
+    _add_decode_arguments(caption)
+    caption.set_defaults(handler=command_caption)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"captioner {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

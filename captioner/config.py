@@ -1,0 +1,285 @@
+"""Typed configuration: dataclasses loaded from YAML, with command-line overrides.
+
+One config system for everything. A run is described by an `ExperimentConfig`; it is built
+from defaults, then a YAML file, then `section.key=value` overrides, and validated as a
+whole. Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Which data set to read and how captions are prepared for training."""
+
+    dataset: Literal["scenes"] = "scenes"
+    train_size: int = 2000
+    val_size: int = 100
+    test_size: int = 200
+    image_size: int = 72
+    min_objects: int = 1
+    max_objects: int = 3
+    seed: int = 0
+    max_caption_length: int = 24  # words kept for training; references are never truncated
+    min_word_count: int = 1  # vocabulary threshold on training captions
+
+
+@dataclass
+class EncoderConfig:
+    """The image encoder that turns an image into a grid of L = grid*grid feature vectors."""
+
+    name: Literal["small_cnn"] = "small_cnn"
+    feature_dim: int = 48
+    grid: int = 3
+    position_embedding: bool = True  # lets a single glimpse tell where it was taken
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the captioner and which attention and proposal it uses."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    embedding_dim: int = 48
+    hidden_dim: int = 96
+    attention_dim: int = 48
+    dropout: float = 0.0
+    attention: Literal["hard", "soft"] = "hard"
+    proposal: Literal["factorised", "sequential", "none"] = "factorised"
+    proposal_hidden_dim: int = 48
+
+
+@dataclass
+class EstimatorConfig:
+    """The training objective and its options (see shared/design/wsram.md)."""
+
+    name: Literal["wsram", "var", "soft"] = "wsram"
+    # WS-RAM
+    samples: int = 5  # K
+    control_variates: bool = True
+    sleep_update: bool = False
+    sleep_weight: float = 1.0
+    defensive_weight: float = 0.0  # delta of the mixture (1 - delta) q + delta * component
+    defensive_component: Literal["prior", "uniform"] = "uniform"
+    # VAR / REINFORCE (Show-Attend-Tell's settings)
+    reinforce_weight: float = 0.1
+    entropy_weight: float = 0.002
+    baseline_decay: float = 0.9
+    expected_glimpse_probability: float = 0.0
+    # soft attention
+    doubly_stochastic_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, validation and checkpointing."""
+
+    epochs: int = 10
+    max_steps: int = 0  # 0: no limit; otherwise stop (and checkpoint) after this many updates
+    batch_size: int = 8  # images per update; every image brings all of its captions
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
+    validation_samples: int = 10  # K of the validation bound L_K
+    validation_beam_size: int = 1
+    log_every: int = 20
+    progress_bar: bool = True
+
+
+@dataclass
+class DecodeConfig:
+    """How captions are generated at test time (the prior only: q needs the caption)."""
+
+    beam_size: int = 3
+    max_length: int = 24
+    length_penalty: float = 0.0
+    attention_mode: Literal["argmax", "sample", "expected"] = "argmax"
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return from_dict(annotation, value, prefix=key + ".")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported setting type {annotation!r}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (possibly partial) mapping, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown setting (known in {prefix.rstrip('.') or 'the top level'}: "
+            f"{', '.join(sorted(names))})"
+        )
+    kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`train.epochs=3` -> {"train": {"epochs": 3}}; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: empty key")
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Defaults <- `base` <- YAML file <- overrides, then validated."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = _merge(data, loaded)
+    for override in overrides or []:
+        data = _merge(data, parse_override(override))
+    config = from_dict(ExperimentConfig, data)
+    validate(config)
+    return config
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Check values and their combinations; raise ConfigError naming the key."""
+
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+
+    def non_negative(key: str, value: float) -> None:
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+
+    def probability(key: str, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}: must lie in [0, 1], got {value}")
+
+    d, m, e, t, dec = config.data, config.model, config.estimator, config.train, config.decode
+    for key in ("train_size", "val_size", "test_size", "image_size", "max_caption_length", "min_word_count"):
+        positive(f"data.{key}", getattr(d, key))
+    positive("data.min_objects", d.min_objects)
+    if d.max_objects < d.min_objects:
+        raise ConfigError(f"data.max_objects: must be >= data.min_objects ({d.min_objects}), got {d.max_objects}")
+    for key in ("feature_dim", "grid"):
+        positive(f"model.encoder.{key}", getattr(m.encoder, key))
+    for key in ("embedding_dim", "hidden_dim", "attention_dim", "proposal_hidden_dim"):
+        positive(f"model.{key}", getattr(m, key))
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must lie in [0, 1), got {m.dropout}")
+    positive("estimator.samples", e.samples)
+    probability("estimator.defensive_weight", e.defensive_weight)
+    probability("estimator.expected_glimpse_probability", e.expected_glimpse_probability)
+    probability("estimator.baseline_decay", e.baseline_decay)
+    for key in ("sleep_weight", "reinforce_weight", "entropy_weight", "doubly_stochastic_weight"):
+        non_negative(f"estimator.{key}", getattr(e, key))
+    if (e.name == "soft") != (m.attention == "soft"):
+        raise ConfigError(
+            f"estimator.name: {e.name!r} does not fit model.attention={m.attention!r} "
+            "(the soft estimator trains soft attention; wsram and var train hard attention)"
+        )
+    if e.name == "wsram" and m.proposal == "none":
+        raise ConfigError("model.proposal: wsram needs a proposal network ('factorised' or 'sequential'), got 'none'")
+    for key in ("epochs", "batch_size", "validation_samples", "validation_beam_size", "log_every"):
+        positive(f"train.{key}", getattr(t, key))
+    non_negative("train.max_steps", t.max_steps)
+    positive("train.learning_rate", t.learning_rate)
+    non_negative("train.weight_decay", t.weight_decay)
+    positive("train.grad_clip", t.grad_clip)
+    if t.device != "cpu" and not t.device.startswith("cuda"):
+        raise ConfigError(f"train.device: must be 'cpu', 'cuda' or 'cuda:N', got {t.device!r}")
+    positive("decode.beam_size", dec.beam_size)
+    positive("decode.max_length", dec.max_length)
+    non_negative("decode.length_penalty", dec.length_penalty)
+
+
+def config_for_estimator(name: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings that make a model fit estimator `name` (attention kind, proposal)."""
+    data = dict(base or {})
+    model = dict(data.get("model", {}))
+    if name == "soft":
+        model.setdefault("attention", "soft")
+        model.setdefault("proposal", "none")
+    elif name == "var":
+        model.setdefault("proposal", "none")
+    data["model"] = model
+    data["estimator"] = {**data.get("estimator", {}), "name": name}
+    return data

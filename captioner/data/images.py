@@ -1,0 +1,62 @@
+"""Reading image files and turning pixels into the tensors the encoders expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and the problem."""
+
+
+def normalize_images(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float (N, 3, S, S), normalised per channel."""
+    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def read_image(path: str | Path, size: int) -> np.ndarray:
+    """Any image PIL reads (EXIF rotation applied, any mode) -> uint8 (size, size, 3) RGB."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode != "RGB":
+                # Transparent pixels go on white, as a viewer would show them.
+                if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+                    image = image.convert("RGBA")
+                    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                    image = Image.alpha_composite(background, image)
+                image = image.convert("RGB")
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+            return np.asarray(image, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from None
+
+
+def find_images(paths: list[str]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into image files, in order."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        elif any(ch in text for ch in "*?["):
+            root = Path(text).anchor or "."
+            pattern = text[len(root):] if Path(text).is_absolute() else text
+            found.extend(sorted(p for p in Path(root).glob(pattern) if p.is_file()))
+        else:
+            found.append(path)
+    return found

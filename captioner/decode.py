@@ -1,0 +1,117 @@
+"""Caption generation with the prior: one batched beam search (greedy is beam size 1).
+
+At each step every hypothesis picks its glimpse from the prior pi_t (argmax location by
+default, or a sample, or the expected glimpse; soft models use their soft glimpse), then the
+beam is extended over words. Every generated word comes with its location, that location's
+prior probability and the word's probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from captioner.models.decoder import gather_locations, gumbel_argmax, log_softmax
+
+
+@dataclass
+class GeneratedCaption:
+    tokens: list[int]  # word ids, without <eos>
+    words: list[str]
+    locations: list[int]  # attended location per word (argmax of pi_t for expected/soft glimpses)
+    location_probs: list[float]  # pi_t(location) per word
+    word_probs: list[float]  # p(word | ...) per word
+    log_prob: float  # total log-probability of the words (with <eos>)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+@torch.no_grad()
+def beam_search(
+    model,
+    features: torch.Tensor,
+    beam_size: int = 3,
+    max_length: int = 24,
+    length_penalty: float = 0.0,
+    attention_mode: str = "argmax",
+    generator: torch.Generator | None = None,
+) -> list[GeneratedCaption]:
+    """Best caption for each of N feature grids (N, L, D), all images decoded together.
+
+    Hypotheses are ranked by log-probability / length**length_penalty once finished."""
+    if attention_mode not in ("argmax", "sample", "expected"):
+        raise ValueError(f"attention_mode: must be 'argmax', 'sample' or 'expected', got {attention_mode!r}")
+    decoder, vocabulary = model.decoder, model.vocabulary
+    n, num_locations, _ = features.shape
+    w = beam_size
+    device = features.device
+    features_w = features.repeat_interleave(w, 0)  # (N*W, L, D)
+    projected = decoder.project_features(features_w)
+    state = decoder.initial_state(features_w)
+    tokens = torch.full((n * w,), vocabulary.bos_id, dtype=torch.long, device=device)
+    score_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    scores = torch.full((n, w), float("-inf"), device=device, dtype=score_dtype)
+    scores[:, 0] = 0.0  # all beams start identical: keep one
+    finished = torch.zeros(n * w, dtype=torch.bool, device=device)
+    lengths = torch.zeros(n * w, device=device, dtype=score_dtype)
+    history = {key: torch.zeros(n * w, 0, dtype=dtype, device=device) for key, dtype in
+               (("tokens", torch.long), ("locations", torch.long), ("location_probs", score_dtype),
+                ("word_probs", score_dtype))}
+    vocab_size = len(vocabulary)
+    for _ in range(max_length):
+        logits = decoder.attention_logits(projected, state[0])
+        probs = log_softmax(logits).exp()
+        if decoder.soft or attention_mode == "expected":
+            location = probs.argmax(-1)
+            glimpse = decoder.soft_glimpse(features_w, logits, state[0])
+        else:
+            location = probs.argmax(-1) if attention_mode == "argmax" else gumbel_argmax(logits, generator)
+            glimpse = gather_locations(features_w, location.unsqueeze(1))[:, 0]
+        word_logits, new_state = decoder.advance(tokens, glimpse, state)
+        log_p = log_softmax(word_logits).to(score_dtype)
+        # A finished hypothesis only extends with <pad> at no cost, so it keeps its score.
+        log_p = torch.where(finished.unsqueeze(1), torch.full_like(log_p, float("-inf")), log_p)
+        log_p[:, vocabulary.pad_id] = torch.where(finished, 0.0, float("-inf"))
+        log_p[:, vocabulary.bos_id] = float("-inf")
+        candidates = (scores.view(n * w, 1) + log_p).view(n, w * vocab_size)
+        scores, flat = candidates.topk(w, -1)
+        parent = (flat // vocab_size) + torch.arange(n, device=device).unsqueeze(1) * w
+        parent = parent.view(-1)
+        word = (flat % vocab_size).view(-1)
+        was_finished = finished[parent]
+        history = {key: value[parent] for key, value in history.items()}
+        history["tokens"] = torch.cat([history["tokens"], word.unsqueeze(1)], 1)
+        history["locations"] = torch.cat([history["locations"], location[parent].unsqueeze(1)], 1)
+        history["location_probs"] = torch.cat(
+            [history["location_probs"], probs[parent].gather(1, location[parent].unsqueeze(1))], 1)
+        history["word_probs"] = torch.cat(
+            [history["word_probs"], log_p[parent].gather(1, word.unsqueeze(1)).exp()], 1)
+        state = (new_state[0][parent], new_state[1][parent])
+        lengths = torch.where(was_finished, lengths[parent], lengths[parent] + 1)
+        finished = was_finished | (word == vocabulary.eos_id)
+        tokens = word
+        if bool(finished.all()):
+            break
+    normalised = scores.view(-1) / lengths.clamp_min(1).pow(length_penalty)
+    # Unfinished hypotheses (hit max_length) still compete, ranked the same way.
+    best = normalised.view(n, w).argmax(-1) + torch.arange(n, device=device) * w
+    results = []
+    for index in best.tolist():
+        ids = history["tokens"][index].tolist()
+        keep = len(ids)
+        for position, token in enumerate(ids):
+            if token in (vocabulary.eos_id, vocabulary.pad_id):
+                keep = position
+                break
+        results.append(GeneratedCaption(
+            tokens=ids[:keep],
+            words=[vocabulary.words[i] for i in ids[:keep]],
+            locations=history["locations"][index, :keep].tolist(),
+            location_probs=history["location_probs"][index, :keep].tolist(),
+            word_probs=history["word_probs"][index, :keep].tolist(),
+            log_prob=float(scores.view(-1)[index]),
+        ))
+    return results

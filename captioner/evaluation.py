@@ -1,0 +1,89 @@
+"""Scoring a model on a split: decoded-caption BLEU, the likelihood bound, attention accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+from captioner.config import DecodeConfig
+from captioner.data.datasets import CaptionSplit
+from captioner.decode import GeneratedCaption, beam_search
+from captioner.estimators import likelihood_bound
+from captioner.metrics.bleu import corpus_bleu
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield list(range(start, min(n, start + size)))
+
+
+@torch.no_grad()
+def generate(model, split: CaptionSplit, decode: DecodeConfig, device, batch_size: int = 64,
+             generator: torch.Generator | None = None) -> list[GeneratedCaption]:
+    """Decode every image of `split` with the prior (real decoding, not teacher forcing)."""
+    results = []
+    for indices in _chunks(len(split), batch_size):
+        features = model.encode(split.images[indices].to(device))
+        results.extend(beam_search(model, features, decode.beam_size, decode.max_length, decode.length_penalty,
+                                   decode.attention_mode, generator))
+    return results
+
+
+@torch.no_grad()
+def attention_accuracy(model, split: CaptionSplit, device, batch_size: int = 64) -> float:
+    """Fraction of object words whose argmax prior location is the object's ground-truth cell.
+
+    Reference captions are fed word by word; each glimpse is taken where pi_t peaks (the
+    test-time attention), so the score measures where the model looks while saying the word."""
+    if split.word_cells is None:
+        return float("nan")
+    correct = total = 0
+    for indices in _chunks(len(split), batch_size):
+        batch = split.batch(indices, model.vocabulary, None).to(device)
+        features = model.encode(batch.images)[batch.image_index]
+        mode = "soft" if model.decoder.soft else "argmax"
+        output = model.decoder.forward_stepwise(features, batch.text.inputs, mode)
+        looked = output.attention_logits.argmax(-1)
+        cells = batch.text.word_cells
+        scored = cells >= 0
+        correct += int((looked[scored] == cells[scored]).sum())
+        total += int(scored.sum())
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def mean_bound(model, split: CaptionSplit, samples: int, proposal: str, device, seed: int = 1234,
+               batch_size: int = 32) -> dict[str, float]:
+    """Mean L_K over all reference captions of `split`, per caption and per word (nats).
+
+    A private generator keeps validation from touching the training RNG stream."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    total = words = 0.0
+    count = 0
+    for indices in _chunks(len(split), batch_size):
+        batch = split.batch(indices, model.vocabulary, None).to(device)
+        features = model.encode(batch.images)[batch.image_index]
+        bound = likelihood_bound(model, features, batch.text, samples, proposal, generator)
+        total += float(bound.sum())
+        words += float(batch.text.lengths.sum())
+        count += len(bound)
+    return {"bound": total / count, "bound_per_word": total / words}
+
+
+@torch.no_grad()
+def evaluate_split(model, split: CaptionSplit, decode: DecodeConfig, device, bound_samples: int = 20,
+                   seed: int = 1234) -> tuple[dict[str, float], list[GeneratedCaption]]:
+    """All scores of `model` on `split` and the generated captions. The model is put in eval mode."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    captions = generate(model, split, decode, device, generator=generator)
+    scores = corpus_bleu({i: c.text for i, c in zip(split.image_ids, captions)},
+                         {i: refs for i, refs in zip(split.image_ids, split.captions)})
+    scores["attention_accuracy"] = attention_accuracy(model, split, device)
+    prior = mean_bound(model, split, bound_samples, "prior", device, seed)
+    scores["bound_prior"] = prior["bound"]
+    scores["bound_prior_per_word"] = prior["bound_per_word"]
+    if model.proposal is not None:
+        scores["bound_proposal"] = mean_bound(model, split, bound_samples, "model", device, seed)["bound"]
+    model.train(was_training)
+    return scores, captions

@@ -1,0 +1,75 @@
+"""A whole run: train, pick the best checkpoint, export the model, score the test split."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from captioner.config import ExperimentConfig
+from captioner.evaluation import evaluate_split
+from captioner.inference import caption_files
+from captioner.plots import plot_learning_curves
+from captioner.train import Trainer
+
+
+def format_scores(scores: dict) -> str:
+    """A small aligned table of the numeric scores."""
+    rows = [(key, value) for key, value in scores.items() if isinstance(value, (int, float))]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}"
+                     for key, value in rows)
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool = False,
+                   examples: int = 0) -> dict:
+    """Train under `out_dir`, export the best model to `out_dir/model`, score it on the test split
+    with `config.decode`, and write `out_dir/metrics.json`. With `examples` > 0, also caption that
+    many test images from PNG files (out_dir/examples), with attention pictures."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    trainer = Trainer(config, out_dir, resume=resume)
+    summary = trainer.train()
+    trainer.load_best()
+    model = trainer.model.eval()
+    model_dir = model.save_pretrained(out_dir / "model", config.decode)
+    shutil.copyfile(out_dir / "config.yaml", model_dir / "training_config.yaml")
+    test = trainer.splits["test"]
+    scores, _ = evaluate_split(model, test, config.decode, trainer.device, config.train.validation_samples)
+    if summary["history"]:
+        plot_learning_curves({config.estimator.name: summary["history"]}, out_dir / "learning_curves.png")
+    if examples and test.raw_images is not None:
+        folder = out_dir / "examples"
+        folder.mkdir(exist_ok=True)
+        paths = []
+        for image_id, pixels in list(zip(test.image_ids, test.raw_images))[:examples]:
+            path = folder / f"scene_{image_id:05d}.png"
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+        with open(out_dir / "captions.jsonl", "w") as handle:
+            for record in caption_files(model, paths, config.decode, trainer.device,
+                                        attention_dir=out_dir / "attention"):
+                handle.write(json.dumps(record.to_json()) + "\n")
+    metrics = {
+        "dataset": config.data.dataset,
+        "split": "test",
+        "estimator": config.estimator.name,
+        "beam_size": config.decode.beam_size,
+        "attention_mode": config.decode.attention_mode,
+        **scores,
+        "wall_seconds": time.perf_counter() - start,
+        "train_seconds": summary["train_seconds"],
+        "steps": summary["step"],
+        "epochs": summary["epoch"],
+        "best_val_bleu_4": summary["best_val_bleu_4"],
+        "validation": summary["history"],
+        "config": dataclasses.asdict(config),
+        "model_dir": str(model_dir),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+

@@ -1,0 +1,1 @@
+"""Encoders, the attention decoder, the proposal network and the whole captioner."""

@@ -1,0 +1,116 @@
+"""The whole captioner: encoder, attention decoder and (for WS-RAM) the proposal network.
+
+A saved model is one folder: `config.json` (model config and vocabulary), `model.safetensors`
+and `decoding.json` (the default decoding settings), loadable without the training config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from captioner.config import DecodeConfig, EncoderConfig, ModelConfig, from_dict
+from captioner.data.vocabulary import Vocabulary
+from captioner.models.decoder import AttentionDecoder
+from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD, build_encoder
+from captioner.models.proposal import CaptionProposal
+
+FORMAT_VERSION = 1
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, config: ModelConfig, vocabulary: Vocabulary, image_size: int):
+        super().__init__()
+        self.config = config
+        self.vocabulary = vocabulary
+        self.image_size = image_size
+        self.encoder = build_encoder(config.encoder)
+        d = config.encoder.feature_dim
+        self.decoder = AttentionDecoder(
+            vocab_size=len(vocabulary),
+            feature_dim=d,
+            embedding_dim=config.embedding_dim,
+            hidden_dim=config.hidden_dim,
+            attention_dim=config.attention_dim,
+            dropout=config.dropout,
+            soft=config.attention == "soft",
+        )
+        self.proposal = None
+        if config.proposal != "none":
+            self.proposal = CaptionProposal(
+                vocab_size=len(vocabulary),
+                feature_dim=d,
+                embedding_dim=config.embedding_dim,
+                hidden_dim=config.proposal_hidden_dim,
+                attention_dim=config.attention_dim,
+                decoder_hidden_dim=config.hidden_dim,
+                sequential=config.proposal == "sequential",
+            )
+
+    @property
+    def num_locations(self) -> int:
+        return self.encoder.num_locations
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, S, S), normalised -> feature grid (N, L, D)."""
+        return self.encoder(images)
+
+    # ---- saving and loading ------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path, decoding: DecodeConfig | None = None) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "model": dataclasses.asdict(self.config),
+            "image_size": self.image_size,
+            "image_mean": list(IMAGE_MEAN),
+            "image_std": list(IMAGE_STD),
+            "vocabulary": self.vocabulary.words,
+        }
+        _atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
+        _atomic_write_text(folder / "decoding.json", json.dumps(dataclasses.asdict(decoding or DecodeConfig()), indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        temporary = folder / "model.safetensors.tmp"
+        save_file(state, str(temporary), metadata={"format": "pt"})
+        temporary.replace(folder / "model.safetensors")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "CaptionModel":
+        folder = Path(folder)
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: not found; a saved captioner folder holds config.json, "
+                                    "model.safetensors and decoding.json")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_path}: not valid JSON: {error}") from None
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: format_version {config.get('format_version')!r} is not {FORMAT_VERSION}")
+        model_config = from_dict(ModelConfig, config["model"], prefix="model.")
+        model = cls(model_config, Vocabulary(config["vocabulary"]), config["image_size"])
+        weights_path = folder / "model.safetensors"
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{weights_path}: not found")
+        model.load_state_dict(load_file(str(weights_path)))
+        return model.to(device).eval()
+
+
+def load_decoding(folder: str | Path) -> DecodeConfig:
+    path = Path(folder) / "decoding.json"
+    return from_dict(DecodeConfig, json.loads(path.read_text()), prefix="decode.") if path.is_file() else DecodeConfig()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+__all__ = ["CaptionModel", "EncoderConfig", "load_decoding"]

@@ -1,0 +1,242 @@
+"""The attention LSTM decoder p_theta(y, a | x) of shared/design/wsram.md.
+
+Two layouts share one set of parameters:
+- fused (`forward_given_locations`): every location a_t is known in advance (teacher forcing,
+  locations drawn from a factorised proposal), so the LSTM runs once over the whole sequence
+  and the prior's logits for every step come from the hidden states in one batched op;
+- step by step (`forward_stepwise`, `attention_logits` + `advance`): for drawing locations
+  from the prior, expected or soft glimpses, sequential proposals and decoding.
+
+Shapes: N sequences, T steps, L locations, D feature size, H hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class DecoderOutput:
+    word_logits: torch.Tensor  # (N, T, V): logits of y_t
+    attention_logits: torch.Tensor  # (N, T, L): prior logits s_theta(F_i, h_{t-1})
+    locations: torch.Tensor | None  # (N, T) attended location a_t (None for expected/soft glimpses)
+    proposal_log_probs: torch.Tensor | None = None  # (N, T, L): log q_t, when drawn from a proposal
+    hidden: torch.Tensor | None = None  # (N, T, H): h_1..h_T
+
+
+def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One sample from softmax(logits) along the last dimension (Gumbel-max trick)."""
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    return (logits.detach().double() + gumbel).argmax(-1)
+
+
+def gather_locations(features: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """features (N, L, D), locations (N, ...) -> glimpses (N, ..., D): F at each location."""
+    n, _, d = features.shape
+    flat = locations.reshape(n, -1)
+    glimpses = features.gather(1, flat.unsqueeze(-1).expand(-1, -1, d))
+    return glimpses.reshape(*locations.shape, d)
+
+
+# A sequential proposal: (step t, h_{t-1} (N, H), prior log-probs (N, L)) -> proposal log-probs (N, L).
+ProposalStep = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class AttentionDecoder(nn.Module):
+    """LSTM decoder with one glimpse per word: hard (one location) or soft (weighted mean)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        feature_dim: int,
+        embedding_dim: int,
+        hidden_dim: int,
+        attention_dim: int,
+        dropout: float = 0.0,
+        soft: bool = False,
+    ):
+        super().__init__()
+        self.soft = soft
+        self.hidden_dim = hidden_dim
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.init_hidden = nn.Linear(feature_dim, hidden_dim)
+        self.init_cell = nn.Linear(feature_dim, hidden_dim)
+        self.attend_feature = nn.Linear(feature_dim, attention_dim)
+        self.attend_hidden = nn.Linear(hidden_dim, attention_dim, bias=False)
+        self.attend_score = nn.Linear(attention_dim, 1)
+        self.lstm = nn.LSTM(embedding_dim + feature_dim, hidden_dim, batch_first=True)
+        self.out_hidden = nn.Linear(hidden_dim, embedding_dim)
+        self.out_glimpse = nn.Linear(feature_dim, embedding_dim)
+        self.out_word = nn.Linear(embedding_dim, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+        # Soft attention's gate beta_t = sigmoid(f(h_{t-1})) (Show-Attend-Tell).
+        self.gate = nn.Linear(hidden_dim, 1) if soft else None
+
+    # ---- pieces shared by both layouts -------------------------------------------------
+    def initial_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_0, c_0 = tanh(W_init mean_i F_i); features (N, L, D) -> two (N, H)."""
+        mean = features.mean(1)
+        return torch.tanh(self.init_hidden(mean)), torch.tanh(self.init_cell(mean))
+
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The feature half of the attention MLP, computed once per image: (N, L, A)."""
+        return self.attend_feature(features)
+
+    def attention_logits(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Prior logits. projected (N, L, A); hidden (N, H) -> (N, L) or (N, T, H) -> (N, T, L)."""
+        h = self.attend_hidden(hidden)
+        if hidden.dim() == 2:
+            return self.attend_score(torch.tanh(projected + h.unsqueeze(1))).squeeze(-1)
+        return self.attend_score(torch.tanh(projected.unsqueeze(1) + h.unsqueeze(2))).squeeze(-1)
+
+    def word_logits(self, embedded: torch.Tensor, hidden: torch.Tensor, glimpse: torch.Tensor) -> torch.Tensor:
+        """Deep output: W_o tanh(E y_{t-1} + L_h h_t + L_z z_t)."""
+        return self.out_word(self.dropout(torch.tanh(embedded + self.out_hidden(hidden) + self.out_glimpse(glimpse))))
+
+    def soft_glimpse(self, features: torch.Tensor, logits: torch.Tensor, hidden_prev: torch.Tensor) -> torch.Tensor:
+        """sum_i pi_i F_i, gated by beta for the soft model. logits (N, L) -> (N, D)."""
+        glimpse = torch.einsum("nl,nld->nd", logits.softmax(-1), features)
+        if self.gate is not None:
+            glimpse = torch.sigmoid(self.gate(hidden_prev)) * glimpse
+        return glimpse
+
+    def advance(
+        self,
+        tokens: torch.Tensor,
+        glimpse: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One LSTM step. tokens (N,) = y_{t-1}, glimpse (N, D) -> word logits (N, V), (h_t, c_t)."""
+        embedded = self.embedding(tokens)
+        x = torch.cat([embedded, glimpse], -1).unsqueeze(1)
+        h, c = state
+        out, (h_new, c_new) = self.lstm(x, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
+        hidden = out[:, 0]
+        return self.word_logits(embedded, hidden, glimpse), (h_new[0], c_new[0])
+
+    # ---- fused layout ------------------------------------------------------------------
+    def forward_given_locations(
+        self, features: torch.Tensor, inputs: torch.Tensor, locations: torch.Tensor
+    ) -> DecoderOutput:
+        """Teacher forcing with all locations known. features (N, L, D), inputs (N, T) = y_0..y_{T-1},
+        locations (N, T). One LSTM call over the sequence; prior logits for all t in one op."""
+        if self.soft:
+            raise ValueError("soft attention has no locations; use forward_stepwise(mode='soft')")
+        embedded = self.embedding(inputs)
+        glimpses = gather_locations(features, locations)
+        h0, c0 = self.initial_state(features)
+        hidden, _ = self.lstm(torch.cat([embedded, glimpses], -1), (h0.unsqueeze(0), c0.unsqueeze(0)))
+        previous = torch.cat([h0.unsqueeze(1), hidden[:, :-1]], 1)  # h_0..h_{T-1}
+        attention = self.attention_logits(self.project_features(features), previous)
+        return DecoderOutput(self.word_logits(embedded, hidden, glimpses), attention, locations, hidden=hidden)
+
+    # ---- step-by-step layout -----------------------------------------------------------
+    def forward_stepwise(
+        self,
+        features: torch.Tensor,
+        inputs: torch.Tensor,
+        mode: str,
+        locations: torch.Tensor | None = None,
+        proposal: ProposalStep | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """Teacher forcing one step at a time, choosing each glimpse by `mode`:
+        'given' (locations (N, T)), 'prior' (a_t ~ pi_t), 'proposal' (a_t ~ proposal(t, h, log pi_t)),
+        'argmax' (a_t = argmax pi_t), 'expected' (sum_i pi_i F_i) or 'soft' (gated expected glimpse)."""
+        if (mode == "soft") != self.soft:
+            raise ValueError(f"mode {mode!r} does not fit a {'soft' if self.soft else 'hard'}-attention decoder")
+        n, steps = inputs.shape
+        projected = self.project_features(features)
+        state = self.initial_state(features)
+        word_logits, attention, chosen, proposal_log_probs, hiddens = [], [], [], [], []
+        for t in range(steps):
+            logits = self.attention_logits(projected, state[0])
+            location = None
+            if mode == "given":
+                location = locations[:, t]
+            elif mode == "prior":
+                location = gumbel_argmax(logits, generator)
+            elif mode == "argmax":
+                location = logits.argmax(-1)
+            elif mode == "proposal":
+                log_q = proposal(t, state[0], log_softmax(logits))
+                proposal_log_probs.append(log_q)
+                location = gumbel_argmax(log_q, generator)
+            elif mode not in ("expected", "soft"):
+                raise ValueError(f"unknown glimpse mode {mode!r}")
+            if location is None:
+                glimpse = self.soft_glimpse(features, logits, state[0])
+            else:
+                glimpse = gather_locations(features, location.unsqueeze(1))[:, 0]
+                chosen.append(location)
+            step_logits, state = self.advance(inputs[:, t], glimpse, state)
+            word_logits.append(step_logits)
+            attention.append(logits)
+            hiddens.append(state[0])
+        return DecoderOutput(
+            word_logits=torch.stack(word_logits, 1),
+            attention_logits=torch.stack(attention, 1),
+            locations=torch.stack(chosen, 1) if chosen else None,
+            proposal_log_probs=torch.stack(proposal_log_probs, 1) if proposal_log_probs else None,
+            hidden=torch.stack(hiddens, 1),
+        )
+
+    @torch.no_grad()
+    def sample_captions(
+        self,
+        features: torch.Tensor,
+        max_length: int,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ancestral samples (y, a) ~ p_theta(y, a | x) for the sleep update.
+
+        Returns inputs (N, T) = y_0..y_{T-1}, targets (N, T) = y_1..y_T padded after <eos>, and
+        locations (N, T)."""
+        n = features.shape[0]
+        projected = self.project_features(features)
+        state = self.initial_state(features)
+        token = torch.full((n,), bos_id, dtype=torch.long, device=features.device)
+        finished = torch.zeros(n, dtype=torch.bool, device=features.device)
+        inputs, targets, chosen = [], [], []
+        for _ in range(max_length):
+            location = gumbel_argmax(self.attention_logits(projected, state[0]), generator)
+            glimpse = gather_locations(features, location.unsqueeze(1))[:, 0]
+            logits, state = self.advance(token, glimpse, state)
+            word = gumbel_argmax(logits, generator)
+            if len(targets) == max_length - 1:
+                word = torch.full_like(word, eos_id)  # every sample ends with <eos>
+            word = torch.where(finished, torch.full_like(word, pad_id), word)
+            inputs.append(token)
+            targets.append(word)
+            chosen.append(location)
+            finished = finished | (word == eos_id)
+            token = word
+            if bool(finished.all()):
+                break
+        return torch.stack(inputs, 1), torch.stack(targets, 1), torch.stack(chosen, 1)
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last dim, in at least float32 (bf16 autocast stays accurate)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return F.log_softmax(x, -1)
+
+
+def word_log_probs(word_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(y_t | ...) of the target words: (N, T, V), (N, T) -> (N, T)."""
+    return log_softmax(word_logits).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def location_log_probs(attention_logits: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """log pi_t(a_t): (N, T, L), (N, T) -> (N, T)."""
+    return log_softmax(attention_logits).gather(-1, locations.unsqueeze(-1)).squeeze(-1)

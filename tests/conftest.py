@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny float64 captioners on which the method can be checked exactly."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from captioner.config import EncoderConfig, ModelConfig
+from captioner.data.batching import encode_captions
+from captioner.data.vocabulary import Vocabulary
+from captioner.models.captioner import CaptionModel
+
+torch.set_num_threads(2)
+
+
+class TinyCase:
+    """One image (L = 4 locations), one caption of T = 3 tokens, vocabulary of 6, float64."""
+
+    def __init__(self, proposal: str = "factorised", seed: int = 0, scale: float = 1.0):
+        torch.manual_seed(seed)
+        self.vocabulary = Vocabulary(["<pad>", "<bos>", "<eos>", "<unk>", "red", "circle"])
+        config = ModelConfig(
+            encoder=EncoderConfig(feature_dim=5, grid=2),
+            embedding_dim=4, hidden_dim=6, attention_dim=4, proposal=proposal, proposal_hidden_dim=3,
+        )
+        self.model = CaptionModel(config, self.vocabulary, image_size=16).double()
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.mul_(scale)
+        self.features = torch.randn(1, 4, 5, dtype=torch.float64) * 1.5
+        self.text = encode_captions(["red circle"], self.vocabulary)
+        self.num_locations = 4
+        self.steps = self.text.inputs.shape[1]
+
+    def all_paths(self) -> torch.Tensor:
+        """Every location sequence, (L**T, T)."""
+        return torch.tensor(list(itertools.product(range(self.num_locations), repeat=self.steps)))
+
+    def exact_terms(self):
+        """log p(y|a,x), log p(a|x) and log q(a|y,x) for every path, each (L**T,)."""
+        from captioner.estimators import score_sequences
+
+        paths = self.all_paths()
+        n = len(paths)
+        text = self.text.repeat(n)
+        features = self.features.expand(n, -1, -1)
+        output = self.model.decoder.forward_given_locations(features, text.inputs, paths)
+        log_q_steps = None
+        if self.model.proposal is not None and not self.model.proposal.sequential:
+            log_q_steps = self.model.proposal.log_probs(self.features, self.text.targets, self.text.lengths)
+            log_q_steps = log_q_steps.expand(n, -1, -1)
+        log_p_words, log_p_locations, log_q, _, _ = score_sequences(output, text, log_q_steps)
+        return log_p_words, log_p_locations, log_q
+
+
+@pytest.fixture
+def tiny():
+    return TinyCase()

@@ -25,7 +25,7 @@ class DataConfig:
     """Which data set to read and how captions are prepared for training."""
 
     dataset: Literal["scenes"] = "scenes"
-    train_size: int = 2000
+    train_size: int = 4000
     val_size: int = 100
     test_size: int = 200
     image_size: int = 72
@@ -44,6 +44,10 @@ class EncoderConfig:
     feature_dim: int = 48
     grid: int = 3
     position_embedding: bool = True  # lets a single glimpse tell where it was taken
+    # Small at the start: with large random position codes the attention MLP can single out one
+    # empty cell early and both prior and proposal collapse onto it (measured: eval/README.md).
+    position_embedding_scale: float = 0.05
+    channels: int = 32  # width of the CNN's first layer
 
 
 @dataclass
@@ -68,6 +72,10 @@ class EstimatorConfig:
     # WS-RAM
     samples: int = 5  # K
     control_variates: bool = True
+    # c^p: the self-normalised estimate of E_p[grad log p(a|x)] from q's samples. Its O(1/K) bias
+    # grows with the distance between prior and q, and on the scenes data it kept the prior from
+    # following q (eval/README.md); off by default: the prior gets the plain wake update.
+    prior_control_variate: bool = False
     sleep_update: bool = False
     sleep_weight: float = 1.0
     defensive_weight: float = 0.0  # delta of the mixture (1 - delta) q + delta * component
@@ -85,10 +93,13 @@ class EstimatorConfig:
 class TrainConfig:
     """Optimisation, validation and checkpointing."""
 
-    epochs: int = 10
+    epochs: int = 6
     max_steps: int = 0  # 0: no limit; otherwise stop (and checkpoint) after this many updates
-    batch_size: int = 8  # images per update; every image brings all of its captions
+    batch_size: int = 20  # images per update
+    captions_per_image: int = 2  # captions of each image in an update, drawn at random (0: all of them)
     learning_rate: float = 3e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decay to final_lr_fraction at the end
+    final_lr_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0
@@ -261,8 +272,10 @@ def validate(config: ExperimentConfig) -> None:
     for key in ("epochs", "batch_size", "validation_samples", "validation_beam_size", "log_every"):
         positive(f"train.{key}", getattr(t, key))
     non_negative("train.max_steps", t.max_steps)
+    non_negative("train.captions_per_image", t.captions_per_image)
     positive("train.learning_rate", t.learning_rate)
     non_negative("train.weight_decay", t.weight_decay)
+    probability("train.final_lr_fraction", t.final_lr_fraction)
     positive("train.grad_clip", t.grad_clip)
     if t.device != "cpu" and not t.device.startswith("cuda"):
         raise ConfigError(f"train.device: must be 'cpu', 'cuda' or 'cuda:N', got {t.device!r}")

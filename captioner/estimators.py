@@ -54,6 +54,7 @@ def wsram_surrogate(
     log_p_locations: torch.Tensor,
     log_q: torch.Tensor,
     control_variates: bool = True,
+    prior_control_variate: bool = True,
 ) -> SurrogateTerms:
     """The WS-RAM surrogate for K samples per caption, each argument (B, K):
     log p(y | a^k, x), log p(a^k | x) and log q(a^k | y, x) of the distribution sampled from.
@@ -62,13 +63,14 @@ def wsram_surrogate(
                - sum_k sg(w~_k - c^q_k) log q(a^k|y,x)
 
     with c^q_k = 1/K and c^p_k = softmax_k(log p(a^k|x) - log q(a^k|y,x)) when `control_variates`,
-    else c = 0."""
+    else c = 0 (c^p alone is dropped with `prior_control_variate=False`)."""
     log_weights = log_p_words + log_p_locations - log_q
     weights = normalized_weights(log_weights.detach())
     k = log_weights.shape[-1]
     if control_variates:
         c_q = torch.full_like(weights, 1.0 / k)
-        c_p = torch.softmax((log_p_locations - log_q).detach(), -1)
+        c_p = (torch.softmax((log_p_locations - log_q).detach(), -1) if prior_control_variate
+               else torch.zeros_like(weights))
     else:
         c_q = c_p = torch.zeros_like(weights)
     coefficients = {"words": weights, "locations": weights - c_p, "proposal": weights - c_q}
@@ -208,7 +210,8 @@ def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
     """WS-RAM with K samples from q_phi(a | y, x) (plus the sleep update if configured)."""
     drawn = draw_locations(model, features, text, config.samples, "model", config.defensive_weight,
                            config.defensive_component, generator)
-    terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, drawn.log_q, config.control_variates)
+    terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, drawn.log_q, config.control_variates,
+                            config.prior_control_variate)
     loss = terms.loss.mean()
     weights = terms.weights
     diagnostics = {

@@ -134,6 +134,15 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.splits["train"]), generator=generator)
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of update `step` (0-based): a pure function of the step, so resume is exact."""
+        t = self.config.train
+        if t.lr_schedule == "constant":
+            return t.learning_rate
+        total = t.epochs * math.ceil(len(self.splits["train"]) / t.batch_size)
+        progress = min(step / max(total - 1, 1), 1.0)
+        return t.learning_rate * (t.final_lr_fraction + (1 - t.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def _autocast(self):
         if self.device.type == "cuda" and self.config.train.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -150,10 +159,13 @@ class Trainer:
             features = self.model.encode(batch.images)[batch.image_index]
             result = compute_loss(self.model, features, batch.text, self.config.estimator, self.baseline)
         self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
         result.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
-        return {"loss": result.loss.detach(), "grad_norm": grad_norm, **result.diagnostics}
+        return {"loss": result.loss.detach(), "grad_norm": grad_norm, "learning_rate": torch.tensor(
+            self.optimizer.param_groups[0]["lr"]), **result.diagnostics}
 
     def validate(self) -> dict:
         decode = self.config.decode
@@ -175,7 +187,11 @@ class Trainer:
             while self.batch_in_epoch < batches_per_epoch:
                 start = time.perf_counter()
                 indices = order[self.batch_in_epoch * t.batch_size:(self.batch_in_epoch + 1) * t.batch_size]
-                stats = self.train_step(train.batch(indices, self.vocabulary, self.config.data.max_caption_length))
+                # Which captions of each image: fixed by (seed, step), so a resumed run draws the same.
+                choice = torch.Generator().manual_seed(t.seed * 1_000_003 + 7919 * self.step + 1)
+                batch = train.batch(indices, self.vocabulary, self.config.data.max_caption_length, choice,
+                                    t.captions_per_image)
+                stats = self.train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
                 self.train_seconds += time.perf_counter() - start
@@ -185,7 +201,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                     self._log({"type": "train", "step": self.step, "epoch": self.epoch + 1,
                                "train_seconds": self.train_seconds, **record})
-                if t.max_steps and self.step >= t.max_steps:
+                if t.max_steps and self.step >= t.max_steps and self.batch_in_epoch < batches_per_epoch:
                     bar.close()
                     self.save_checkpoint()
                     return self.summary()
@@ -203,6 +219,8 @@ class Trainer:
             self.save_checkpoint()
             if improved:
                 self.save_checkpoint("best")
+            if t.max_steps and self.step >= t.max_steps:
+                break
         return self.summary()
 
     def summary(self) -> dict:

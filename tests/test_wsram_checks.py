@@ -81,13 +81,22 @@ def test_check1_prior_proposal_gives_the_var_objective(tiny):
 
 
 # ---- check 2 -------------------------------------------------------------------------------
-@pytest.mark.parametrize("control_variates", [True, False])
-def test_check2_surrogate_gradient_is_the_sum_of_coefficient_times_grad_log_terms(tiny, control_variates):
+@pytest.mark.parametrize("control_variates,prior_control_variate", [(True, True), (True, False), (False, True)])
+def test_check2_surrogate_gradient_is_the_sum_of_coefficient_times_grad_log_terms(tiny, control_variates,
+                                                                                  prior_control_variate):
     model = tiny.model
     features = torch.randn(2, 4, 5, dtype=torch.float64)
     text = encode_captions(["red circle", "circle"], tiny.vocabulary)
     drawn = draw_locations(model, features, text, 3, "model", generator=torch.Generator().manual_seed(3))
-    terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, drawn.log_q, control_variates)
+    terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, drawn.log_q, control_variates,
+                            prior_control_variate)
+    if control_variates:
+        torch.testing.assert_close(terms.coefficients["proposal"], terms.weights - 1.0 / 3)
+        if not prior_control_variate:
+            assert torch.equal(terms.coefficients["locations"], terms.weights)
+    else:
+        assert torch.equal(terms.coefficients["locations"], terms.weights)
+        assert torch.equal(terms.coefficients["proposal"], terms.weights)
     params = [p for p in model.parameters()]
     surrogate = torch.autograd.grad(terms.loss.sum(), params, retain_graph=True, allow_unused=True)
     assembled = [torch.zeros_like(p) for p in params]

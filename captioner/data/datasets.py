@@ -29,15 +29,20 @@ class CaptionSplit:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def batch(self, indices: Sequence[int], vocabulary: Vocabulary, max_length: int | None) -> CaptionBatch:
-        """Images `indices` with all of their captions (training captions cut to `max_length` words)."""
+    def batch(self, indices: Sequence[int], vocabulary: Vocabulary, max_length: int | None,
+              generator: torch.Generator | None = None, captions_per_image: int = 0) -> CaptionBatch:
+        """Images `indices` with their captions (training captions cut to `max_length` words): all of
+        them, or `captions_per_image` of each drawn without replacement with `generator`."""
         indices = [int(i) for i in indices]
         captions, cells, owner = [], [], []
         for position, i in enumerate(indices):
-            captions.extend(self.captions[i])
-            owner.extend([position] * len(self.captions[i]))
+            chosen = range(len(self.captions[i]))
+            if 0 < captions_per_image < len(self.captions[i]):
+                chosen = torch.randperm(len(self.captions[i]), generator=generator)[:captions_per_image].tolist()
+            captions.extend(self.captions[i][c] for c in chosen)
+            owner.extend([position] * len(chosen))
             if self.word_cells is not None:
-                cells.extend(self.word_cells[i])
+                cells.extend(self.word_cells[i][c] for c in chosen)
         text = encode_captions(captions, vocabulary, max_length, cells if self.word_cells is not None else None)
         return CaptionBatch(self.images[indices], torch.tensor(owner), text, [self.image_ids[i] for i in indices])
 

@@ -30,9 +30,9 @@ class SmallConvEncoder(nn.Module):
 
         # Small on purpose: the built-in data set trains on a laptop CPU in minutes.
         self.body = nn.Sequential(
-            *conv(3, 32, stride=2),
-            *conv(32, 48), nn.MaxPool2d(2),
-            *conv(48, d), nn.MaxPool2d(2),
+            *conv(3, config.channels, stride=2),
+            *conv(config.channels, 4 * config.channels // 3), nn.MaxPool2d(2),
+            *conv(4 * config.channels // 3, d), nn.MaxPool2d(2),
         )
         # Each cell of the layout is encoded on its own and averaged into one location, so a glimpse
         # holds exactly what is in its cell (with a whole-image CNN, receptive fields spill into the
@@ -42,7 +42,7 @@ class SmallConvEncoder(nn.Module):
         num_locations = config.grid * config.grid
         self.position = nn.Parameter(torch.zeros(1, num_locations, d)) if config.position_embedding else None
         if self.position is not None:
-            nn.init.normal_(self.position, std=0.5)
+            nn.init.normal_(self.position, std=config.position_embedding_scale)
 
     @property
     def num_locations(self) -> int:

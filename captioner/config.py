@@ -48,6 +48,7 @@ class EncoderConfig:
     # empty cell early and both prior and proposal collapse onto it (measured: eval/README.md).
     position_embedding_scale: float = 0.05
     channels: int = 32  # width of the CNN's first layer
+    normalize_features: bool = False  # LayerNorm on each location's feature vector
 
 
 @dataclass
@@ -62,6 +63,13 @@ class ModelConfig:
     attention: Literal["hard", "soft"] = "hard"
     proposal: Literal["factorised", "sequential", "none"] = "factorised"
     proposal_hidden_dim: int = 48
+    # Start the decoder blind to its glimpse (zero weights on z_t in the LSTM input and the deep
+    # output), so that early glimpses add no noise that the attention would learn to avoid.
+    zero_init_glimpse: bool = False
+    # Start the prior and the proposal exactly uniform (zero weights on the attention score), so
+    # that where they first lean comes from the estimator's signal, not from random initial weights
+    # meeting features that change for other reasons.
+    uniform_attention_init: bool = True
 
 
 @dataclass

@@ -24,6 +24,7 @@ class TinyCase:
         config = ModelConfig(
             encoder=EncoderConfig(feature_dim=5, grid=2),
             embedding_dim=4, hidden_dim=6, attention_dim=4, proposal=proposal, proposal_hidden_dim=3,
+            uniform_attention_init=False,  # random attention weights: the checks need non-uniform pi and q
         )
         self.model = CaptionModel(config, self.vocabulary, image_size=16).double()
         with torch.no_grad():

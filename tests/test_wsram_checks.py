@@ -167,7 +167,7 @@ def test_check3_proposal_update_lowers_the_exact_kl():
         result.loss.backward()
         optimizer.step()
     after = _exact_kl(case)
-    assert before > 0.2
+    assert before > 0.1  # the check starts from a proposal far from the posterior
     assert after < 0.5 * before
 
 

@@ -39,6 +39,7 @@ class CaptionModel(nn.Module):
             attention_dim=config.attention_dim,
             dropout=config.dropout,
             soft=config.attention == "soft",
+            zero_init_glimpse=config.zero_init_glimpse,
         )
         self.proposal = None
         if config.proposal != "none":
@@ -51,6 +52,13 @@ class CaptionModel(nn.Module):
                 decoder_hidden_dim=config.hidden_dim,
                 sequential=config.proposal == "sequential",
             )
+
+        if config.uniform_attention_init:
+            with torch.no_grad():
+                for module in (self.decoder, self.proposal):
+                    if module is not None:
+                        module.attend_score.weight.zero_()
+                        module.attend_score.bias.zero_()
 
     @property
     def num_locations(self) -> int:

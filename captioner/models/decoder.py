@@ -60,6 +60,7 @@ class AttentionDecoder(nn.Module):
         attention_dim: int,
         dropout: float = 0.0,
         soft: bool = False,
+        zero_init_glimpse: bool = False,
     ):
         super().__init__()
         self.soft = soft
@@ -77,6 +78,10 @@ class AttentionDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         # Soft attention's gate beta_t = sigmoid(f(h_{t-1})) (Show-Attend-Tell).
         self.gate = nn.Linear(hidden_dim, 1) if soft else None
+        if zero_init_glimpse:
+            with torch.no_grad():
+                self.lstm.weight_ih_l0[:, embedding_dim:] = 0.0
+                self.out_glimpse.weight.zero_()
 
     # ---- pieces shared by both layouts -------------------------------------------------
     def initial_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ class SmallConvEncoder(nn.Module):
         # neighbouring cells and the learned attention need not land on the object it names).
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.project = nn.Conv2d(d, d, 1)
+        self.norm = nn.LayerNorm(d) if config.normalize_features else None
         num_locations = config.grid * config.grid
         self.position = nn.Parameter(torch.zeros(1, num_locations, d)) if config.position_embedding else None
         if self.position is not None:
@@ -58,6 +59,8 @@ class SmallConvEncoder(nn.Module):
         cells = cells.reshape(n * g * g, c, height // g, width // g)
         pooled = self.project(self.pool(self.body(cells)))  # (N*L, D, 1, 1)
         features = pooled.view(n, g * g, self.feature_dim)  # (N, L, D)
+        if self.norm is not None:
+            features = self.norm(features)
         if self.position is not None:
             features = features + self.position
         return features

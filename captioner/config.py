@@ -41,13 +41,13 @@ class EncoderConfig:
     """The image encoder that turns an image into a grid of L = grid*grid feature vectors."""
 
     name: Literal["small_cnn"] = "small_cnn"
-    feature_dim: int = 48
+    feature_dim: int = 32
     grid: int = 3
     position_embedding: bool = True  # lets a single glimpse tell where it was taken
     # Small at the start: with large random position codes the attention MLP can single out one
     # empty cell early and both prior and proposal collapse onto it (measured: eval/README.md).
     position_embedding_scale: float = 0.05
-    channels: int = 32  # width of the CNN's first layer
+    channels: int = 24  # width of the CNN's first layer
     normalize_features: bool = False  # LayerNorm on each location's feature vector
 
 
@@ -56,13 +56,13 @@ class ModelConfig:
     """Sizes of the captioner and which attention and proposal it uses."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    embedding_dim: int = 48
-    hidden_dim: int = 96
-    attention_dim: int = 48
+    embedding_dim: int = 32
+    hidden_dim: int = 64
+    attention_dim: int = 32
     dropout: float = 0.0
     attention: Literal["hard", "soft"] = "hard"
     proposal: Literal["factorised", "sequential", "none"] = "factorised"
-    proposal_hidden_dim: int = 48
+    proposal_hidden_dim: int = 32
     # Start the decoder blind to its glimpse (zero weights on z_t in the LSTM input and the deep
     # output), so that early glimpses add no noise that the attention would learn to avoid.
     zero_init_glimpse: bool = False
@@ -101,11 +101,11 @@ class EstimatorConfig:
 class TrainConfig:
     """Optimisation, validation and checkpointing."""
 
-    epochs: int = 6
+    epochs: int = 9
     max_steps: int = 0  # 0: no limit; otherwise stop (and checkpoint) after this many updates
     batch_size: int = 20  # images per update
     captions_per_image: int = 2  # captions of each image in an update, drawn at random (0: all of them)
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decay to final_lr_fraction at the end
     final_lr_fraction: float = 0.05
     weight_decay: float = 0.0

@@ -183,7 +183,7 @@ class Trainer:
         while self.epoch < t.epochs:
             order = self._epoch_order(self.epoch)
             bar = tqdm(total=batches_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                       disable=not t.progress_bar, leave=False)
+                       disable=None if t.progress_bar else True, leave=False)  # None: off when not a terminal
             while self.batch_in_epoch < batches_per_epoch:
                 start = time.perf_counter()
                 indices = order[self.batch_in_epoch * t.batch_size:(self.batch_in_epoch + 1) * t.batch_size]

@@ -27,10 +27,14 @@ class TinyCase:
             uniform_attention_init=False,  # random attention weights: the checks need non-uniform pi and q
         )
         self.model = CaptionModel(config, self.vocabulary, image_size=16).double()
+        # Draw the decoder's and proposal's weights from their own generator, so the case does not
+        # change when other modules (the unused encoder) change how much randomness they consume.
+        generator = torch.Generator().manual_seed(1000 + seed)
         with torch.no_grad():
-            for p in self.model.parameters():
-                p.mul_(scale)
-        self.features = torch.randn(1, 4, 5, dtype=torch.float64) * 1.5
+            for module in (self.model.decoder, self.model.proposal):
+                for p in module.parameters():
+                    p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.3 * scale)
+        self.features = torch.randn(1, 4, 5, dtype=torch.float64, generator=generator) * 1.5
         self.text = encode_captions(["red circle"], self.vocabulary)
         self.num_locations = 4
         self.steps = self.text.inputs.shape[1]

@@ -45,7 +45,7 @@ def test_check1_bound_is_below_log_likelihood_and_rises_with_k(tiny):
     # ... and approaches log p(y|x) for large K, drawn through the real sampling code.
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        drawn = draw_locations(tiny.model, tiny.features, tiny.text, 4000, "model", generator=generator)
+        drawn = draw_locations(tiny.model, tiny.features, tiny.text, 50000, "model", generator=generator)
     large_k = float(likelihood_bound_from_log_weights(drawn.log_p_words + drawn.log_p_locations - drawn.log_q))
     assert large_k == pytest.approx(log_marginal, abs=0.02)
 

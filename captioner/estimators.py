@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 
 from captioner.config import EstimatorConfig
 from captioner.data.batching import CaptionText

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: the scenes demo of every estimator on CUDA (bf16 autocast), and a
 # seed study of the demo configuration (fp32, to match the CPU's arithmetic), results under OUT.
-# That machine's Python lacks pycocoevalcap: .device/site carries its BLEU scorer (not committed).
+# That machine's Python lacks pycocoevalcap: .device/site carries its BLEU scorer (git-ignored).
+# Make it once here, then pass carry=[".device"] to the device call:
+#   mkdir -p .device/site/pycocoevalcap && cp -r "$(python -c 'import os, pycocoevalcap.bleu as b;
+#     print(os.path.dirname(b.__file__))')" .device/site/pycocoevalcap/
 # usage: bash scripts/gpu_smoke.sh OUT_DIR [extra seed_study.py arguments]
 set -uo pipefail
 out=${1:?usage: gpu_smoke.sh OUT_DIR}; shift

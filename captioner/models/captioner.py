@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from captioner.config import DecodeConfig, EncoderConfig, ModelConfig, from_dict
+from captioner.config import DecodeConfig, ModelConfig, from_dict
 from captioner.data.vocabulary import Vocabulary
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD, build_encoder
@@ -121,4 +121,4 @@ def _atomic_write_text(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
-__all__ = ["CaptionModel", "EncoderConfig", "load_decoding"]
+__all__ = ["CaptionModel", "load_decoding"]

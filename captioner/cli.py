@@ -20,7 +20,7 @@ DESCRIPTION = """Hard-attention image captioning trained with wake-sleep importa
 
 def _common_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file with settings (sections data, model, estimator, "
-                        "train, decode); see eval/configs/ for examples")
+                        "train, decode); a run's config.yaml is a complete example")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set train.epochs=3 (repeatable)")
     parser.add_argument("--estimator", choices=("wsram", "var", "soft"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -40,12 +41,10 @@ def _build_config(args: argparse.Namespace):
 
 
 def _decode_overrides(args: argparse.Namespace, decode: DecodeConfig) -> DecodeConfig:
-    values = {**decode.__dict__}
-    for key in ("beam_size", "max_length", "length_penalty", "attention_mode"):
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = value
-    return DecodeConfig(**values)
+    """The model's decoding settings with the command line's on top."""
+    given = {key: getattr(args, key) for key in ("beam_size", "max_length", "length_penalty", "attention_mode")
+             if getattr(args, key, None) is not None}
+    return dataclasses.replace(decode, **given)
 
 
 def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +104,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     scores, captions = evaluate_split(model, split, decode, device, args.samples)
     result = {"dataset": config.data.dataset, "split": args.split, "estimator": config.estimator.name,
               "beam_size": decode.beam_size, "attention_mode": decode.attention_mode, **scores,
-              "model": str(model_dir), "decoding": decode.__dict__,
+              "model": str(model_dir), "decoding": dataclasses.asdict(decode),
               "captions": [{"image_id": i, "caption": c.text} for i, c in zip(split.image_ids, captions)]}
     print(f"{config.data.dataset} {args.split} split, beam size {decode.beam_size}:")
     print(format_scores(scores))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -168,8 +169,7 @@ class Trainer:
             self.optimizer.param_groups[0]["lr"]), **result.diagnostics}
 
     def validate(self) -> dict:
-        decode = self.config.decode
-        decode = type(decode)(**{**decode.__dict__, "beam_size": self.config.train.validation_beam_size})
+        decode = dataclasses.replace(self.config.decode, beam_size=self.config.train.validation_beam_size)
         scores, _ = evaluate_split(self.model, self.splits["val"], decode, self.device,
                                    self.config.train.validation_samples)
         return scores

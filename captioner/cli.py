@@ -13,6 +13,7 @@ from captioner.config import ConfigError, DecodeConfig, config_for_estimator, lo
 DESCRIPTION = """Hard-attention image captioning trained with wake-sleep importance weighting (WS-RAM).
 
   captioner demo --out demo-run                 train + evaluate on the built-in scenes data (CPU, minutes)
+  captioner extract --config flickr8k.yaml      run a pretrained backbone over a data set once, into a feature cache
   captioner train --config my.yaml --out run    train from a YAML config (with --set key=value overrides)
   captioner evaluate run/model --split test     score a saved model on a split
   captioner caption run/model photo.jpg ...     caption image files, with --attention-dir for pictures
@@ -71,6 +72,27 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_extract(args: argparse.Namespace) -> int:
+    from captioner.extract import run_extraction
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"data.features={args.out}")
+    config = load_config(args.config, overrides)
+    out = config.data.features
+    if not out:
+        raise ConfigError("data.features: name the cache folder to write (or pass --out)")
+    device = args.device or "cpu"
+    print(f"captioner extract: {config.model.encoder.name} {config.model.encoder.layer or '(default layer)'} at "
+          f"{config.model.encoder.image_size} px on {device}, {args.storage}, into {out}", file=sys.stderr)
+    report = run_extraction(config, out, storage=args.storage, shard_size=args.shard_size, batch_size=args.batch_size,
+                            device=device, workers=args.workers, progress=not args.quiet)
+    print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s), "
+          f"{report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
+    print(f"wrote {out}/manifest.json and {out}/extraction.json")
+    return 0
+
+
 def command_train(args: argparse.Namespace) -> int:
     from captioner.experiment import format_scores, run_experiment
 
@@ -100,7 +122,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     device = torch.device(args.device or "cpu")
     model = captioner.load(model_dir, device)
     decode = _decode_overrides(args, load_decoding(model_dir))
-    split = load_dataset(config.data)[args.split]
+    split = load_dataset(config.data, config.model)[args.split]
     scores, captions = evaluate_split(model, split, decode, device, args.samples)
     result = {"dataset": config.data.dataset, "split": args.split, "estimator": config.estimator.name,
               "beam_size": decode.beam_size, "attention_mode": decode.attention_mode, **scores,
@@ -156,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--examples", type=int, default=4, help="test images to caption with pictures (default 4)")
     _common_training_arguments(demo)
     demo.set_defaults(handler=command_demo)
+
+    extract = sub.add_parser("extract", help="encode a data set once with a pretrained backbone, into a feature cache",
+                             description="Run the config's pretrained backbone (model.encoder) over every image of "
+                             "the config's data set (data section), writing a sharded, memory-mappable cache with a "
+                             "manifest to data.features (or --out). Resumable: a re-run skips finished shards. "
+                             "Unreadable images are skipped and counted.")
+    extract.add_argument("--config", type=Path, help="YAML with the data and model.encoder sections")
+    extract.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    extract.add_argument("--out", help="cache folder (default: data.features)")
+    extract.add_argument("--storage", choices=("float16", "int8"), default="float16",
+                         help="float16, or int8 with a scale per image and channel (half the size)")
+    extract.add_argument("--shard-size", type=int, default=1024, help="images per shard (bounds RAM)")
+    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--workers", type=int, default=4, help="image-decoding threads")
+    extract.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    extract.add_argument("--quiet", action="store_true")
+    extract.set_defaults(handler=command_extract)
 
     train = sub.add_parser("train", help="train from a config; writes checkpoints, logs, the model and metrics",
                            description="Train, keeping checkpoints/latest.pt and checkpoints/best.pt (best "

@@ -22,9 +22,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Which data set to read and how captions are prepared for training."""
+    """Which data set to read and how captions are prepared for training.
 
-    dataset: Literal["scenes"] = "scenes"
+    scenes is built in and generated from `seed`; the others are read from disk (see data/README.md):
+    flickr8k (the release layout under `root`), karpathy (Karpathy's split JSON `annotations`, images
+    under `root`), coco (the official layout under `root`: annotations/captions_{train,val}YEAR.json
+    and trainYEAR/, valYEAR/) and huggingface (the parquet-backed hub set `hf_name`)."""
+
+    dataset: Literal["scenes", "flickr8k", "karpathy", "coco", "huggingface"] = "scenes"
+    # scenes
     train_size: int = 4000
     val_size: int = 100
     test_size: int = 200
@@ -32,23 +38,52 @@ class DataConfig:
     min_objects: int = 1
     max_objects: int = 3
     seed: int = 0
-    max_caption_length: int = 24  # words kept for training; references are never truncated
-    min_word_count: int = 1  # vocabulary threshold on training captions
+    # data sets on disk
+    root: str = ""
+    annotations: str = ""  # karpathy: the split JSON (dataset_coco.json, dataset_flickr8k.json, ...)
+    coco_year: str = "2014"
+    hf_name: str = ""  # huggingface: a hub name (yerevann/coco-karpathy, jxie/flickr8k) or local parquet folder
+    restval: Literal["train", "drop"] = "train"  # Karpathy's restval images: into train (the standard) or left out
+    features: str = ""  # the feature cache (`captioner extract`) that training reads for pretrained encoders
+    limit_images: int = 0  # 0: all; otherwise the first N images of each split (quick trials)
+    # text
+    max_caption_length: int = 16  # words kept for training; references are never truncated
+    min_word_count: int = 5  # vocabulary threshold on training captions
+
+
+# Settings that differ for the built-in data: its vocabulary is tiny and its captions list up to
+# three objects in longer sentences. Applied under the user's YAML and overrides.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "scenes": {"max_caption_length": 24, "min_word_count": 1},
+}
 
 
 @dataclass
 class EncoderConfig:
-    """The image encoder that turns an image into a grid of L = grid*grid feature vectors."""
+    """The image encoder that turns an image into a grid of L feature vectors.
 
-    name: Literal["small_cnn"] = "small_cnn"
+    small_cnn is trained from scratch on the built-in data (grid x grid cells of the image).
+    The others are pretrained backbones (captioner.models.backbones): their grid comes from `layer`
+    and `image_size`; training reads their features from a cache unless `fine_tune` is on, and a
+    learned adapter (LayerNorm, linear map to `feature_dim`, position codes) feeds the decoder."""
+
+    name: Literal["small_cnn", "efficientnet-lite0", "resnet50", "resnet101", "resnet152", "hf"] = "small_cnn"
     feature_dim: int = 32
-    grid: int = 3
+    grid: int = 3  # small_cnn only; a backbone's grid follows from layer and image_size
     position_embedding: bool = True  # lets a single glimpse tell where it was taken
     # Small at the start: with large random position codes the attention MLP can single out one
     # empty cell early and both prior and proposal collapse onto it (measured: eval/README.md).
     position_embedding_scale: float = 0.05
-    channels: int = 24  # width of the CNN's first layer
+    channels: int = 24  # small_cnn: width of the CNN's first layer
     normalize_features: bool = False  # LayerNorm on each location's feature vector
+    # pretrained backbones
+    layer: str = ""  # "" = the backbone's default (efficientnet-lite0: block15; resnets: layer4)
+    image_size: int = 224
+    hf_model: str = ""  # name: hf -> a Hugging Face vision backbone (hub name or local folder)
+    pretrained: bool = True
+    fine_tune: bool = False  # train the backbone too, from images (slow; no cache needed)
+    fine_tune_lr_scale: float = 0.1  # the backbone's learning rate relative to the rest
+    feature_dropout: float = 0.0  # dropout on the adapted feature vectors while training (backbones)
 
 
 @dataclass
@@ -59,7 +94,8 @@ class ModelConfig:
     embedding_dim: int = 32
     hidden_dim: int = 64
     attention_dim: int = 32
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the deep output layer
+    embedding_dropout: float = 0.0  # on the word embeddings the decoder reads
     attention: Literal["hard", "soft"] = "hard"
     proposal: Literal["factorised", "sequential", "none"] = "factorised"
     proposal_hidden_dim: int = 32
@@ -232,6 +268,10 @@ def load_config(
         data = _merge(data, loaded)
     for override in overrides or []:
         data = _merge(data, parse_override(override))
+    section = data.get("data")
+    dataset = section.get("dataset", DataConfig.dataset) if isinstance(section, dict) else DataConfig.dataset
+    if dataset in DATASET_DEFAULTS:
+        data = _merge({"data": DATASET_DEFAULTS[dataset]}, data)
     config = from_dict(ExperimentConfig, data)
     validate(config)
     return config
@@ -255,6 +295,26 @@ def validate(config: ExperimentConfig) -> None:
     d, m, e, t, dec = config.data, config.model, config.estimator, config.train, config.decode
     for key in ("train_size", "val_size", "test_size", "image_size", "max_caption_length", "min_word_count"):
         positive(f"data.{key}", getattr(d, key))
+    non_negative("data.limit_images", d.limit_images)
+    if d.dataset in ("flickr8k", "karpathy", "coco") and not d.root:
+        raise ConfigError(f"data.root: the folder of the {d.dataset} data set is needed (see data/README.md)")
+    if d.dataset == "karpathy" and not d.annotations:
+        raise ConfigError("data.annotations: the Karpathy split JSON (dataset_coco.json, dataset_flickr8k.json, ...) is needed")
+    if d.dataset == "huggingface" and not d.hf_name:
+        raise ConfigError("data.hf_name: the Hugging Face data set (hub name or local parquet folder) is needed")
+    pretrained_encoder = m.encoder.name != "small_cnn"
+    if d.dataset == "scenes" and pretrained_encoder:
+        raise ConfigError(f"model.encoder.name: the built-in scenes data trains 'small_cnn', got {m.encoder.name!r}")
+    if d.dataset != "scenes" and not pretrained_encoder:
+        raise ConfigError(f"model.encoder.name: {d.dataset} needs a pretrained encoder (efficientnet-lite0, resnet50, ...), "
+                          "got 'small_cnn'")
+    if pretrained_encoder and not m.encoder.fine_tune and not d.features:
+        raise ConfigError("data.features: training a frozen pretrained encoder reads a feature cache; make one with "
+                          "`captioner extract` and give its folder (or set model.encoder.fine_tune=true)")
+    if m.encoder.name == "hf" and not m.encoder.hf_model:
+        raise ConfigError("model.encoder.hf_model: name the Hugging Face vision backbone (hub name or local folder)")
+    positive("model.encoder.image_size", m.encoder.image_size)
+    positive("model.encoder.fine_tune_lr_scale", m.encoder.fine_tune_lr_scale)
     positive("data.min_objects", d.min_objects)
     if d.max_objects < d.min_objects:
         raise ConfigError(f"data.max_objects: must be >= data.min_objects ({d.min_objects}), got {d.max_objects}")
@@ -262,8 +322,10 @@ def validate(config: ExperimentConfig) -> None:
         positive(f"model.encoder.{key}", getattr(m.encoder, key))
     for key in ("embedding_dim", "hidden_dim", "attention_dim", "proposal_hidden_dim"):
         positive(f"model.{key}", getattr(m, key))
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout: must lie in [0, 1), got {m.dropout}")
+    for key, value in (("model.dropout", m.dropout), ("model.embedding_dropout", m.embedding_dropout),
+                       ("model.encoder.feature_dropout", m.encoder.feature_dropout)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key}: must lie in [0, 1), got {value}")
     positive("estimator.samples", e.samples)
     probability("estimator.defensive_weight", e.defensive_weight)
     probability("estimator.expected_glimpse_probability", e.expected_glimpse_probability)

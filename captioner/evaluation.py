@@ -22,7 +22,7 @@ def generate(model, split: CaptionSplit, decode: DecodeConfig, device, batch_siz
     """Decode every image of `split` with the prior (real decoding, not teacher forcing)."""
     results = []
     for indices in _chunks(len(split), batch_size):
-        features = model.encode(split.images[indices].to(device))
+        features = model.encode_inputs(split.inputs[indices].to(device), split.input_kind)
         results.extend(beam_search(model, features, decode.beam_size, decode.max_length, decode.length_penalty,
                                    decode.attention_mode, generator))
     return results
@@ -39,7 +39,7 @@ def attention_accuracy(model, split: CaptionSplit, device, batch_size: int = 64)
     correct = total = 0
     for indices in _chunks(len(split), batch_size):
         batch = split.batch(indices, model.vocabulary, None).to(device)
-        features = model.encode(batch.images)[batch.image_index]
+        features = model.encode_inputs(batch.inputs, batch.input_kind)[batch.image_index]
         mode = "soft" if model.decoder.soft else "argmax"
         output = model.decoder.forward_stepwise(features, batch.text.inputs, mode)
         looked = output.attention_logits.argmax(-1)
@@ -61,7 +61,7 @@ def mean_bound(model, split: CaptionSplit, samples: int, proposal: str, device, 
     count = 0
     for indices in _chunks(len(split), batch_size):
         batch = split.batch(indices, model.vocabulary, None).to(device)
-        features = model.encode(batch.images)[batch.image_index]
+        features = model.encode_inputs(batch.inputs, batch.input_kind)[batch.image_index]
         bound = likelihood_bound(model, features, batch.text, samples, proposal, generator)
         total += float(bound.sum())
         words += float(batch.text.lengths.sum())
@@ -71,15 +71,29 @@ def mean_bound(model, split: CaptionSplit, samples: int, proposal: str, device, 
 
 @torch.no_grad()
 def evaluate_split(model, split: CaptionSplit, decode: DecodeConfig, device, bound_samples: int = 20,
-                   seed: int = 1234) -> tuple[dict[str, float], list[GeneratedCaption]]:
-    """All scores of `model` on `split` and the generated captions. The model is put in eval mode."""
+                   seed: int = 1234, full_metrics: bool = False) -> tuple[dict, list[GeneratedCaption]]:
+    """All scores of `model` on `split` and the generated captions. The model is put in eval mode.
+
+    BLEU-1..4 always; with `full_metrics` also METEOR, ROUGE-L and CIDEr-D through coco-caption's
+    scorers (captioner.metrics.coco), with the tokenizer used and any metric that was unavailable."""
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     captions = generate(model, split, decode, device, generator=generator)
-    scores = corpus_bleu({i: c.text for i, c in zip(split.image_ids, captions)},
-                         {i: refs for i, refs in zip(split.image_ids, split.captions)})
-    scores["attention_accuracy"] = attention_accuracy(model, split, device)
+    hypotheses = {i: c.text for i, c in zip(split.image_ids, captions)}
+    references = {i: refs for i, refs in zip(split.image_ids, split.captions)}
+    if full_metrics:
+        from captioner.metrics.coco import score_captions
+
+        result = score_captions(hypotheses, references, allow_empty=True)
+        scores = dict(result.corpus)
+        scores["tokenizer"] = result.tokenizer
+        if result.unavailable:
+            scores["unavailable_metrics"] = dict(result.unavailable)
+    else:
+        scores = corpus_bleu(hypotheses, references)
+    if split.word_cells is not None:
+        scores["attention_accuracy"] = attention_accuracy(model, split, device)
     prior = mean_bound(model, split, bound_samples, "prior", device, seed)
     scores["bound_prior"] = prior["bound"]
     scores["bound_prior_per_word"] = prior["bound_per_word"]

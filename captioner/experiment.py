@@ -39,7 +39,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
     model_dir = model.save_pretrained(out_dir / "model", config.decode)
     shutil.copyfile(out_dir / "config.yaml", model_dir / "training_config.yaml")
     test = trainer.splits["test"]
-    scores, _ = evaluate_split(model, test, config.decode, trainer.device, config.train.validation_samples)
+    scores, captions = evaluate_split(model, test, config.decode, trainer.device, config.train.validation_samples,
+                                      full_metrics=True)
+    # The test captions in the COCO results format, so any scorer can score them again.
+    (out_dir / "test_captions.json").write_text(json.dumps(
+        [{"image_id": image_id, "caption": c.text} for image_id, c in zip(test.image_ids, captions)], indent=0))
     if summary["history"]:
         plot_learning_curves({config.estimator.name: summary["history"]}, out_dir / "learning_curves.png")
     if examples and test.raw_images is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from captioner.config import DecodeConfig
-from captioner.data.images import ImageReadError, normalize_images, read_image
+from captioner.data.images import ImageReadError, read_image
 from captioner.decode import GeneratedCaption, beam_search
 from captioner.plots import plot_attention
 
@@ -52,7 +52,7 @@ def caption_files(
     def flush() -> Iterator[CaptionRecord]:
         pixels = np.stack([p for _, p in batch])
         with torch.no_grad():
-            features = model.encode(normalize_images(pixels).to(device))
+            features = model.encode(model.prepare_images(pixels).to(device))
             generated = beam_search(model, features, decode.beam_size, decode.max_length, decode.length_penalty,
                                     decode.attention_mode)
         for (path, image), caption in zip(batch, generated):

@@ -17,9 +17,13 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str | Pa
     """One line per run: validation bound L_K, BLEU-4 and attention accuracy against epochs.
 
     histories: run name -> validation records (as written to log.jsonl)."""
-    panels = (("bound_prior_per_word", "validation L_K per word (nats)"), ("Bleu_4", "validation BLEU-4"),
-              ("attention_accuracy", "attention accuracy"))
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [("bound_prior_per_word", "validation L_K per word (nats)"), ("Bleu_4", "validation BLEU-4"),
+              ("attention_accuracy", "attention accuracy")]
+    # Attention accuracy needs ground-truth cells, which only the built-in data has.
+    panels = [(key, title) for key, title in panels
+              if any(key in r for records in histories.values() for r in records)] or panels[:2]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    axes = axes[0]
     for axis, (key, title) in zip(axes, panels):
         for name, records in histories.items():
             epochs = [r["epoch"] for r in records if key in r]

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from captioner.config import ExperimentConfig, from_dict
-from captioner.data.datasets import CaptionSplit, load_dataset
+from captioner.data.datasets import CachedFeatures, CaptionSplit, load_dataset
 from captioner.data.vocabulary import Vocabulary
 from captioner.estimators import ReinforceBaseline, compute_loss
 from captioner.evaluation import evaluate_split
@@ -65,12 +65,14 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         np.random.seed(config.train.seed)
         random.seed(config.train.seed)
-        self.splits = splits if splits is not None else load_dataset(config.data)
+        self.splits = splits if splits is not None else load_dataset(config.data, config.model)
         train = self.splits["train"]
         self.vocabulary = Vocabulary.build((c for caps in train.captions for c in caps), config.data.min_word_count)
         self.model = CaptionModel(config.model, self.vocabulary, config.data.image_size).to(self.device)
+        self._check_feature_cache()
+        self._features_to_device()
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay,
+            self._parameter_groups(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay,
             **({"fused": True} if self.device.type == "cuda" else {}),
         )
         self.baseline = ReinforceBaseline()
@@ -83,6 +85,31 @@ class Trainer:
         if resume:
             self.load_checkpoint(self.out_dir / "checkpoints" / "latest.pt")
         config.save(self.out_dir / "config.yaml")
+
+    def _check_feature_cache(self) -> None:
+        """A model must read grids made by its own backbone: same layer, resolution, preprocessing
+        and weights (the manifest says which); CacheMismatchError otherwise."""
+        for split in self.splits.values():
+            if isinstance(split.inputs, CachedFeatures):
+                split.inputs.cache.check_encoder(self.model.encoder.spec.to_dict(), self.model.backbone_weights_hash)
+
+    def _features_to_device(self) -> None:
+        """Cached grids that sit in RAM move to the GPU once, so batches are gathered there."""
+        if self.device.type != "cuda":
+            return
+        for split in self.splits.values():
+            if isinstance(split.inputs, CachedFeatures) and split.inputs.loaded is not None:
+                split.inputs.loaded = split.inputs.loaded.to(self.device)
+
+    def _parameter_groups(self) -> list[dict]:
+        """One group, or two when a backbone is fine-tuned (it learns at fine_tune_lr_scale x the rate)."""
+        encoder = self.config.model.encoder
+        if not (self.model.uses_backbone and encoder.fine_tune):
+            return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        backbone = list(self.model.encoder.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr_scale": 1.0}, {"params": backbone, "lr_scale": encoder.fine_tune_lr_scale}]
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -157,13 +184,14 @@ class Trainer:
         t = self.config.train
         batch = batch.to(self.device)
         with self._autocast():
-            features = self.model.encode(batch.images)[batch.image_index]
+            features = self.model.encode_inputs(batch.inputs, batch.input_kind)[batch.image_index]
             result = compute_loss(self.model, features, batch.text, self.config.estimator, self.baseline)
         self.optimizer.zero_grad(set_to_none=True)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(self.step)
+            group["lr"] = self.learning_rate(self.step) * group["lr_scale"]
         result.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for group in self.optimizer.param_groups for p in group["params"]], t.grad_clip)
         self.optimizer.step()
         return {"loss": result.loss.detach(), "grad_norm": grad_norm, "learning_rate": torch.tensor(
             self.optimizer.param_groups[0]["lr"]), **result.diagnostics}

@@ -35,7 +35,7 @@ def main() -> None:
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     with torch.no_grad():
         batch = split.batch(range(len(split)), model.vocabulary, None)
-        features = model.encode(batch.images)[batch.image_index]
+        features = model.encode_inputs(batch.inputs, batch.input_kind)[batch.image_index]
         mode = "soft" if model.decoder.soft else "argmax"
         looked = model.decoder.forward_stepwise(features, batch.text.inputs, mode).attention_logits.argmax(-1)
     text = batch.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,26 @@ class TinyCase:
 @pytest.fixture
 def tiny():
     return TinyCase()
+
+
+# ---- real data beside the checkout (../shared/data); tests that need it skip, saying why ----------
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not found: this test reads the real {name} copy that sits beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def flickr8k_root() -> Path:
+    """The Flickr8k release folder (Flicker8k_Dataset/, Flickr8k_text/)."""
+    return _shared("flickr8k")
+
+
+@pytest.fixture(scope="session")
+def coco_mini_root() -> Path:
+    """79 real COCO val2017 images with captions_val2017.json."""
+    return _shared("coco-mini")

@@ -62,12 +62,15 @@ def encode_captions(
 
 @dataclass
 class CaptionBatch:
-    """Images and the captions that go with them: caption n belongs to images[image_index[n]]."""
+    """Model inputs of B images and the captions that go with them: caption n belongs to
+    inputs[image_index[n]]. input_kind: "images" (B, 3, S, S) or "features" (B, L, C) backbone grids."""
 
-    images: torch.Tensor  # (B, 3, S, S)
+    inputs: torch.Tensor
     image_index: torch.Tensor  # (N,)
     text: CaptionText
-    image_ids: list[int]
+    image_ids: list
+    input_kind: str = "images"
 
     def to(self, device: torch.device | str) -> "CaptionBatch":
-        return CaptionBatch(self.images.to(device), self.image_index.to(device), self.text.to(device), self.image_ids)
+        return CaptionBatch(self.inputs.to(device, non_blocking=True), self.image_index.to(device),
+                            self.text.to(device), self.image_ids, self.input_kind)

@@ -3,28 +3,87 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from captioner.config import DataConfig
 from captioner.data.batching import CaptionBatch, encode_captions
-from captioner.data.images import normalize_images
+from captioner.data.feature_cache import FeatureCache
+from captioner.data.images import ImageReadError, normalize_images, read_image
+from captioner.data.records import CaptionRecords, ImageRecord, SkipReport
 from captioner.data.scenes import ScenesSpec, make_scene_splits
 from captioner.data.vocabulary import Vocabulary
 
 
+class CachedFeatures:
+    """Backbone grids of a list of images, read from a feature cache: rows come from the memory-mapped
+    shards when indexed, or from RAM after `preload` (float16, (N, L, C))."""
+
+    def __init__(self, cache: FeatureCache, image_ids: Sequence[str]):
+        self.cache = cache
+        self.image_ids = list(image_ids)
+        self.loaded: torch.Tensor | None = None
+
+    def preload(self) -> "CachedFeatures":
+        self.loaded = self.cache.get(self.image_ids, torch.float16)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        indices = _index_list(indices, len(self))
+        if self.loaded is not None:
+            return self.loaded[indices].float()
+        return self.cache.get([self.image_ids[i] for i in indices])
+
+
+class ImageFiles:
+    """Image files read when indexed, as uint8 (n, 3, S, S): the inputs of a fine-tuned backbone."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int):
+        self.paths = list(paths)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        indices = _index_list(indices, len(self))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            pixels = list(pool.map(lambda i: read_image(self.paths[i], self.image_size), indices))
+        return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+
+
+def _index_list(indices, length: int) -> list[int]:
+    if isinstance(indices, slice):
+        return list(range(length))[indices]
+    if isinstance(indices, torch.Tensor):
+        return indices.tolist()
+    return [int(i) for i in indices]
+
+
 @dataclass
 class CaptionSplit:
-    """One split held in memory: images (N, 3, S, S) normalised, and their reference captions."""
+    """One split: model inputs (normalised images, cached backbone grids or image files) and the
+    reference captions of each image.
+
+    input_kind says what `inputs[indices]` returns: "images" (what CaptionModel.encode reads) or
+    "features" (backbone grids (n, L, C) for CaptionModel.encode_inputs)."""
 
     name: str
-    images: torch.Tensor
+    inputs: torch.Tensor | CachedFeatures | ImageFiles
     captions: list[list[str]]
-    image_ids: list[int]
+    image_ids: list
+    input_kind: str = "images"
     word_cells: list[list[list[int]]] | None = None  # per image, per caption, per token (scenes only)
-    raw_images: np.ndarray | None = None  # uint8 (N, S, S, 3), for pictures and demos
+    raw_images: np.ndarray | None = None  # uint8 (N, S, S, 3), for pictures and demos (scenes only)
+    paths: list[Path] | None = None  # image files (data sets on disk)
+    skipped: SkipReport = field(default_factory=SkipReport)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -44,13 +103,11 @@ class CaptionSplit:
             if self.word_cells is not None:
                 cells.extend(self.word_cells[i][c] for c in chosen)
         text = encode_captions(captions, vocabulary, max_length, cells if self.word_cells is not None else None)
-        return CaptionBatch(self.images[indices], torch.tensor(owner), text, [self.image_ids[i] for i in indices])
+        return CaptionBatch(self.inputs[indices], torch.tensor(owner), text, [self.image_ids[i] for i in indices],
+                            self.input_kind)
 
 
-def load_dataset(config: DataConfig) -> dict[str, CaptionSplit]:
-    """The train / val / test splits named by `config.dataset`."""
-    if config.dataset != "scenes":
-        raise ValueError(f"data.dataset: unknown data set {config.dataset!r}")
+def load_scenes(config: DataConfig) -> dict[str, CaptionSplit]:
     spec = ScenesSpec(
         train=config.train_size, val=config.val_size, test=config.test_size, image_size=config.image_size,
         min_objects=config.min_objects, max_objects=config.max_objects, seed=config.seed,
@@ -60,10 +117,86 @@ def load_dataset(config: DataConfig) -> dict[str, CaptionSplit]:
         raw = np.stack([e.image for e in examples])
         splits[name] = CaptionSplit(
             name=name,
-            images=normalize_images(raw),
+            inputs=normalize_images(raw),
             captions=[list(e.captions) for e in examples],
             image_ids=[e.image_id for e in examples],
             word_cells=[[list(c) for c in e.word_cells] for e in examples],
             raw_images=raw,
         )
     return splits
+
+
+def read_records(config: DataConfig) -> CaptionRecords:
+    """The records of the data set on disk that `config` names (not the built-in scenes)."""
+    from captioner.data import sources
+
+    root = Path(config.root) if config.root else None
+    if config.dataset == "flickr8k":
+        return sources.read_flickr8k(root)
+    if config.dataset == "karpathy":
+        return sources.read_karpathy(Path(config.annotations), root, restval=config.restval)
+    if config.dataset == "coco":
+        year = config.coco_year
+        return sources.read_coco(
+            {"train": root / "annotations" / f"captions_train{year}.json",
+             "val": root / "annotations" / f"captions_val{year}.json"},
+            {"train": root / f"train{year}", "val": root / f"val{year}"})
+    if config.dataset == "huggingface":
+        materialize = Path(config.features or ".").parent / "hf-images" if config.features else None
+        return sources.read_hf_dataset(config.hf_name, image_root=root, materialize_dir=materialize)
+    raise ValueError(f"data.dataset: {config.dataset!r} is not a data set on disk")
+
+
+def split_records(records: CaptionRecords, limit: int = 0) -> dict[str, list[ImageRecord]]:
+    """train / val / test record lists. The official COCO annotations have no public test captions:
+    there the official val images serve as val and test (use Karpathy's split for the standard protocol)."""
+    splits = {name: list(items) for name, items in records.splits.items() if items}
+    if "test" not in splits and "val" in splits:
+        splits["test"] = splits["val"]
+    missing = [name for name in ("train", "val", "test") if name not in splits]
+    if missing:
+        raise ValueError(f"{records.source}: no images in split(s) {', '.join(missing)}")
+    if limit:
+        splits = {name: items[:limit] for name, items in splits.items()}
+    return splits
+
+
+def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, CaptionSplit]:
+    """Splits of a data set on disk, with cached backbone grids (or image files when the encoder is
+    fine-tuned). Images the cache lacks (unreadable at extraction) are left out and counted."""
+    records = read_records(config)
+    fine_tune = model_config is not None and model_config.encoder.fine_tune
+    cache = None if fine_tune else FeatureCache(config.features)
+    splits = {}
+    for name, items in split_records(records, config.limit_images).items():
+        skipped = SkipReport()
+        kept = []
+        for record in items:
+            if cache is not None and record.image_id not in cache:
+                skipped.add("not in the feature cache (unreadable at extraction)", str(record.path))
+                continue
+            if cache is None:
+                try:
+                    read_image(record.path, 8)
+                except ImageReadError as error:
+                    skipped.add("unreadable image", str(error))
+                    continue
+            kept.append(record)
+        if not kept:
+            raise ValueError(f"{records.source}: split {name!r} has no usable images ({skipped.summary()})")
+        skipped.warn(f"{records.source} ({name})")
+        ids = [r.image_id for r in kept]
+        if cache is not None:
+            inputs, kind = CachedFeatures(cache, ids).preload(), "features"
+        else:
+            inputs, kind = ImageFiles([r.path for r in kept], model_config.encoder.image_size), "images"
+        splits[name] = CaptionSplit(name=name, inputs=inputs, captions=[list(r.captions) for r in kept],
+                                    image_ids=ids, input_kind=kind, paths=[r.path for r in kept], skipped=skipped)
+    return splits
+
+
+def load_dataset(config: DataConfig, model_config=None) -> dict[str, CaptionSplit]:
+    """The train / val / test splits named by `config.dataset`."""
+    if config.dataset == "scenes":
+        return load_scenes(config)
+    return load_disk_dataset(config, model_config)

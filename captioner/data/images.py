@@ -5,24 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD
+from captioner.models.encoder import normalize_images
+
+__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "find_images", "normalize_images", "read_image"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 class ImageReadError(ValueError):
     """An image file could not be read; the message names the file and the problem."""
-
-
-def normalize_images(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (N, S, S, 3) -> float (N, 3, S, S), normalised per channel."""
-    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 def read_image(path: str | Path, size: int) -> np.ndarray:

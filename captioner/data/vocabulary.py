@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import re
+import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
+
+from captioner.metrics.ptb import ptb_tokenize
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 
-# coco-caption's PTB tokenizer drops these punctuation marks; everything else is split on spaces.
-_PUNCTUATION = re.compile(r"""[\"'`.,:;!?()\[\]{}\-_/\\|@#$%^&*+=<>~]""")
+@functools.lru_cache(maxsize=1_000_000)
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(ptb_tokenize(text).split())
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case `text`, drop punctuation and split on whitespace."""
-    return _PUNCTUATION.sub(" ", text.lower()).split()
+    """The words of `text` exactly as coco-caption's evaluation sees them: PTB-tokenised, lower-cased,
+    punctuation tokens dropped (captioner.metrics.ptb, the pure-Python equivalent of the Java
+    tokenizer). One tokenisation for the vocabulary, training targets and scoring. Cached: the
+    training loop encodes the same captions every epoch."""
+    return list(_tokens(text))
 
 
 class Vocabulary:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -17,19 +18,23 @@ from torch import nn
 from captioner.config import DecodeConfig, ModelConfig, from_dict
 from captioner.data.vocabulary import Vocabulary
 from captioner.models.decoder import AttentionDecoder
-from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD, build_encoder
+from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD, build_encoder, normalize_images
 from captioner.models.proposal import CaptionProposal
 
 FORMAT_VERSION = 1
 
 
 class CaptionModel(nn.Module):
-    def __init__(self, config: ModelConfig, vocabulary: Vocabulary, image_size: int):
+    def __init__(self, config: ModelConfig, vocabulary: Vocabulary, image_size: int,
+                 pretrained_backbone: bool | None = None):
+        """`image_size` is the side of the images small_cnn reads (a pretrained backbone has its own).
+        `pretrained_backbone=False` skips loading pretrained backbone weights (they come from a saved
+        model's own weights file instead); None follows config.encoder.pretrained."""
         super().__init__()
         self.config = config
         self.vocabulary = vocabulary
-        self.image_size = image_size
-        self.encoder = build_encoder(config.encoder)
+        self.encoder = build_encoder(config.encoder, pretrained_backbone)
+        self.image_size = image_size if config.encoder.name == "small_cnn" else self.encoder.spec.image_size
         d = config.encoder.feature_dim
         self.decoder = AttentionDecoder(
             vocab_size=len(vocabulary),
@@ -38,6 +43,7 @@ class CaptionModel(nn.Module):
             hidden_dim=config.hidden_dim,
             attention_dim=config.attention_dim,
             dropout=config.dropout,
+            embedding_dropout=config.embedding_dropout,
             soft=config.attention == "soft",
             zero_init_glimpse=config.zero_init_glimpse,
         )
@@ -64,9 +70,33 @@ class CaptionModel(nn.Module):
     def num_locations(self) -> int:
         return self.encoder.num_locations
 
+    @property
+    def uses_backbone(self) -> bool:
+        """True when the encoder is a pretrained backbone (which can be read from a feature cache)."""
+        return self.config.encoder.name != "small_cnn"
+
+    @property
+    def backbone_weights_hash(self) -> str | None:
+        return self.encoder.backbone.weights_hash() if self.uses_backbone else None
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (N, 3, S, S), normalised -> feature grid (N, L, D)."""
+        """images (N, 3, S, S) as `prepare_images` makes them -> feature grid (N, L, D)."""
         return self.encoder(images)
+
+    def encode_inputs(self, inputs: torch.Tensor, kind: str) -> torch.Tensor:
+        """`kind` "images": as `encode`; "features": backbone grids (N, L, C) from a feature cache."""
+        if kind == "features":
+            return self.encoder.adapt(inputs)
+        if kind == "images":
+            return self.encoder(inputs)
+        raise ValueError(f"unknown input kind {kind!r}")
+
+    def prepare_images(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (N, S, S, 3) at `image_size` -> what `encode` reads: normalised floats for
+        small_cnn, uint8 (N, 3, S, S) for a backbone (which does its own preprocessing)."""
+        if self.uses_backbone:
+            return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
+        return normalize_images(pixels)
 
     # ---- saving and loading ------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, decoding: DecodeConfig | None = None) -> Path:
@@ -76,8 +106,10 @@ class CaptionModel(nn.Module):
             "format_version": FORMAT_VERSION,
             "model": dataclasses.asdict(self.config),
             "image_size": self.image_size,
-            "image_mean": list(IMAGE_MEAN),
-            "image_std": list(IMAGE_STD),
+            "image_mean": list(self.encoder.spec.mean) if self.uses_backbone else list(IMAGE_MEAN),
+            "image_std": list(self.encoder.spec.std) if self.uses_backbone else list(IMAGE_STD),
+            "backbone": ({**self.encoder.spec.to_dict(), "weights_hash": self.backbone_weights_hash}
+                         if self.uses_backbone else None),
             "vocabulary": self.vocabulary.words,
         }
         _atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
@@ -102,7 +134,7 @@ class CaptionModel(nn.Module):
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{config_path}: format_version {config.get('format_version')!r} is not {FORMAT_VERSION}")
         model_config = from_dict(ModelConfig, config["model"], prefix="model.")
-        model = cls(model_config, Vocabulary(config["vocabulary"]), config["image_size"])
+        model = cls(model_config, Vocabulary(config["vocabulary"]), config["image_size"], pretrained_backbone=False)
         weights_path = folder / "model.safetensors"
         if not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path}: not found")

@@ -60,6 +60,7 @@ class AttentionDecoder(nn.Module):
         attention_dim: int,
         dropout: float = 0.0,
         soft: bool = False,
+        embedding_dropout: float = 0.0,
         zero_init_glimpse: bool = False,
     ):
         super().__init__()
@@ -76,6 +77,7 @@ class AttentionDecoder(nn.Module):
         self.out_glimpse = nn.Linear(feature_dim, embedding_dim)
         self.out_word = nn.Linear(embedding_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
         # Soft attention's gate beta_t = sigmoid(f(h_{t-1})) (Show-Attend-Tell).
         self.gate = nn.Linear(hidden_dim, 1) if soft else None
         if zero_init_glimpse:
@@ -118,7 +120,7 @@ class AttentionDecoder(nn.Module):
         state: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """One LSTM step. tokens (N,) = y_{t-1}, glimpse (N, D) -> word logits (N, V), (h_t, c_t)."""
-        embedded = self.embedding(tokens)
+        embedded = self.embedding_dropout(self.embedding(tokens))
         x = torch.cat([embedded, glimpse], -1).unsqueeze(1)
         h, c = state
         out, (h_new, c_new) = self.lstm(x, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
@@ -133,7 +135,7 @@ class AttentionDecoder(nn.Module):
         locations (N, T). One LSTM call over the sequence; prior logits for all t in one op."""
         if self.soft:
             raise ValueError("soft attention has no locations; use forward_stepwise(mode='soft')")
-        embedded = self.embedding(inputs)
+        embedded = self.embedding_dropout(self.embedding(inputs))
         glimpses = gather_locations(features, locations)
         h0, c0 = self.initial_state(features)
         hidden, _ = self.lstm(torch.cat([embedded, glimpses], -1), (h0.unsqueeze(0), c0.unsqueeze(0)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -10,6 +11,14 @@ from captioner.config import EncoderConfig
 # Per-channel statistics the encoders expect images to be normalised with.
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.25, 0.25, 0.25)
+
+
+def normalize_images(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float (N, 3, S, S), normalised per channel for small_cnn."""
+    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
 
 
 class SmallConvEncoder(nn.Module):
@@ -66,7 +75,67 @@ class SmallConvEncoder(nn.Module):
         return features
 
 
-def build_encoder(config: EncoderConfig) -> SmallConvEncoder:
+def backbone_name(config: EncoderConfig) -> str:
+    """The name captioner.models.backbones knows the configured backbone by."""
+    return f"hf:{config.hf_model}" if config.name == "hf" else config.name
+
+
+class PretrainedGridEncoder(nn.Module):
+    """A pretrained backbone's feature grid, adapted for the decoder.
+
+    images (N, 3, S, S) uint8 RGB -> backbone grid (N, L, C) -> adapter -> (N, L, D). Training from
+    a feature cache skips the backbone and feeds the cached grid to `adapt`. The adapter (LayerNorm
+    over C, a linear map to D = feature_dim, learned position codes) is what the captioner learns
+    on top of a frozen backbone; LayerNorm puts grids of any backbone on one scale."""
+
+    def __init__(self, config: EncoderConfig, pretrained: bool | None = None):
+        super().__init__()
+        from captioner.models.backbones import build_backbone
+
+        self.fine_tune = config.fine_tune
+        self.backbone = build_backbone(backbone_name(config), config.layer or None, config.image_size,
+                                       pretrained=config.pretrained if pretrained is None else pretrained)
+        spec = self.backbone.spec
+        self.grid = spec.grid
+        self.feature_dim = config.feature_dim
+        self.norm = nn.LayerNorm(spec.channels)
+        self.project = nn.Linear(spec.channels, config.feature_dim)
+        self.dropout = nn.Dropout(config.feature_dropout)
+        self.position = None
+        if config.position_embedding:
+            self.position = nn.Parameter(torch.zeros(1, spec.grid * spec.grid, config.feature_dim))
+            nn.init.normal_(self.position, std=config.position_embedding_scale)
+        if not self.fine_tune:
+            self.backbone.requires_grad_(False)
+
+    @property
+    def num_locations(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def spec(self):
+        return self.backbone.spec
+
+    def adapt(self, grid: torch.Tensor) -> torch.Tensor:
+        """Backbone grid (N, L, C), e.g. from a feature cache -> decoder features (N, L, D)."""
+        features = self.dropout(self.project(self.norm(grid.to(self.project.weight.dtype))))
+        if self.position is not None:
+            features = features + self.position
+        return features
+
+    def backbone_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0-255 float) RGB images (N, 3, S, S) -> backbone grid (N, L, C)."""
+        inputs = self.backbone.preprocess(images)
+        if self.fine_tune and self.training:
+            return self.backbone(inputs)
+        with torch.no_grad():
+            return self.backbone(inputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.adapt(self.backbone_grid(images))
+
+
+def build_encoder(config: EncoderConfig, pretrained: bool | None = None) -> nn.Module:
     if config.name == "small_cnn":
         return SmallConvEncoder(config)
-    raise ValueError(f"model.encoder.name: unknown encoder {config.name!r}")  # pragma: no cover
+    return PretrainedGridEncoder(config, pretrained)

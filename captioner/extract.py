@@ -1,0 +1,67 @@
+"""`captioner extract`: run a pretrained backbone over a data set once, into a feature cache."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.config import ExperimentConfig
+from captioner.data.datasets import read_records, split_records
+from captioner.data.feature_cache import ExtractionReport, extract_features
+from captioner.models.backbones import build_backbone
+from captioner.models.encoder import backbone_name
+
+
+def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str = "float16", shard_size: int = 1024,
+                   batch_size: int = 64, device: str = "cpu", workers: int = 4, progress: bool = True
+                   ) -> ExtractionReport:
+    """Extract the grids of every image of every split that `config.data` names with the backbone of
+    `config.model.encoder`, into `out_dir`; writes `out_dir/extraction.json` with the speed."""
+    if config.data.dataset == "scenes":
+        raise ValueError("data.dataset: the built-in scenes data is encoded by small_cnn while training; "
+                         "extract features of a data set on disk (flickr8k, karpathy, coco, huggingface)")
+    encoder = config.model.encoder
+    records = read_records(config.data)
+    splits = split_records(records, config.data.limit_images)
+    everything = [record for items in splits.values() for record in items]
+    backbone = build_backbone(backbone_name(encoder), encoder.layer or None, encoder.image_size,
+                              pretrained=encoder.pretrained)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but PyTorch sees no CUDA GPU")
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if progress and (now - last[0] > 5 or done == total):
+            last[0] = now
+            print(f"  {done}/{total} images", file=sys.stderr)
+
+    report = extract_features(everything, backbone, out_dir, storage=storage, shard_size=shard_size,
+                              batch_size=batch_size, device=device, workers=workers, bf16=device.startswith("cuda"),
+                              progress=show)
+    report.skipped.merge(records.skipped)
+    summary = {
+        "data": records.source,
+        "splits": {name: len(items) for name, items in splits.items()},
+        "encoder": backbone.spec.to_dict(),
+        "storage": storage,
+        "images": report.images,
+        "written_this_run": report.written,
+        "shards_written": report.shards_done,
+        "shards_already_done": report.shards_skipped,
+        "seconds": report.seconds,
+        "images_per_second": report.images_per_second,
+        "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else
+        f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "batch_size": batch_size,
+        "workers": workers,
+        "torch": torch.__version__,
+        "skipped": report.skipped.to_dict(),
+    }
+    (Path(out_dir) / "extraction.json").write_text(json.dumps(summary, indent=2))
+    return report

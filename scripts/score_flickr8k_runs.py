@@ -1,0 +1,61 @@
+"""Score the test captions of Flickr8k runs with coco-caption's scorers, METEOR included (needs Java).
+
+    python scripts/score_flickr8k_runs.py eval/flickr8k/runs/* --root ../shared/data/flickr8k
+
+The GPU machine has no Java, so a run scores BLEU, ROUGE-L and CIDEr there with the pure-Python PTB
+tokenizer and leaves METEOR out. This script scores each run's `test_captions.json` again with the
+Java PTB tokenizer and METEOR 1.5 (pycocoevalcap 1.2), checks that BLEU, ROUGE-L and CIDEr agree
+with the run's own metrics.json to 1e-6, and writes `scores.json` beside it (corpus scores, per-image
+scores, tokenizer, versions). It also writes a summary table of all runs to --summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from captioner.data.sources import read_flickr8k
+from captioner.metrics.coco import score_captions
+
+KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--root", type=Path, default=Path("../shared/data/flickr8k"))
+    parser.add_argument("--summary", type=Path, default=Path("eval/flickr8k/results.json"))
+    args = parser.parse_args()
+    references = {r.image_id: list(r.captions) for r in read_flickr8k(args.root).splits["test"]}
+    summary = {}
+    for run in args.runs:
+        path = run / "test_captions.json"
+        if not path.is_file():
+            continue
+        captions = {c["image_id"]: c["caption"] for c in json.loads(path.read_text())}
+        result = score_captions(captions, {i: references[i] for i in captions}, tokenizer="java")
+        metrics = json.loads((run / "metrics.json").read_text())
+        for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
+            if abs(metrics[key] - result.corpus[key]) > 1e-6:
+                raise SystemExit(f"{run}: {key} {metrics[key]} (device, Python tokenizer) != {result.corpus[key]} (Java)")
+        (run / "scores.json").write_text(json.dumps(result.to_dict(per_image=True), indent=1))
+        config = metrics["config"]
+        summary[run.name] = {
+            "dataset": metrics["dataset"], "split": metrics["split"], "estimator": metrics["estimator"],
+            "beam_size": metrics["beam_size"], **{k: result.corpus[k] for k in KEYS},
+            "tokenizer": result.tokenizer, "best_val_bleu_4_greedy": metrics["best_val_bleu_4"],
+            "bound_prior": metrics["bound_prior"], "bound_proposal": metrics.get("bound_proposal"),
+            "train_seconds": metrics["train_seconds"], "wall_seconds": metrics["wall_seconds"],
+            "steps": metrics["steps"], "epochs": metrics["epochs"],
+            "layer": config["model"]["encoder"]["layer"], "hidden_dim": config["model"]["hidden_dim"],
+            "seed": config["train"]["seed"],
+        }
+        row = summary[run.name]
+        print(f"{run.name:24s} " + " ".join(f"{k}={row[k]:.4f}" for k in KEYS))
+    args.summary.write_text(json.dumps(summary, indent=1))
+    print(f"wrote {args.summary} and scores.json in each run")
+
+
+if __name__ == "__main__":
+    main()

@@ -46,6 +46,9 @@ class DataConfig:
     restval: Literal["train", "drop"] = "train"  # Karpathy's restval images: into train (the standard) or left out
     features: str = ""  # the feature cache (`captioner extract`) that training reads for pretrained encoders
     limit_images: int = 0  # 0: all; otherwise the first N images of each split (quick trials)
+    # Cached grids of a split are loaded into memory (and onto the GPU) when they take at most this
+    # many GiB as float16, else read from the memory-mapped shards batch by batch.
+    preload_limit_gib: float = 8.0
     # text
     max_caption_length: int = 16  # words kept for training; references are never truncated
     min_word_count: int = 5  # vocabulary threshold on training captions
@@ -296,6 +299,7 @@ def validate(config: ExperimentConfig) -> None:
     for key in ("train_size", "val_size", "test_size", "image_size", "max_caption_length", "min_word_count"):
         positive(f"data.{key}", getattr(d, key))
     non_negative("data.limit_images", d.limit_images)
+    non_negative("data.preload_limit_gib", d.preload_limit_gib)
     if d.dataset in ("flickr8k", "karpathy", "coco") and not d.root:
         raise ConfigError(f"data.root: the folder of the {d.dataset} data set is needed (see data/README.md)")
     if d.dataset == "karpathy" and not d.annotations:

@@ -133,3 +133,16 @@ def test_fine_tuning_trains_the_backbone_from_images_and_keeps_batch_norm_statis
             assert torch.equal(value, buffers[key]), f"{key}: batch-norm statistics must stay frozen"
     groups = trainer.optimizer.param_groups
     assert [g["lr_scale"] for g in groups] == [1.0, config.model.encoder.fine_tune_lr_scale]
+
+
+def test_grids_beyond_the_preload_limit_are_read_from_the_memory_mapped_shards(tiny_flickr, cache):
+    from captioner.data.datasets import load_dataset
+
+    config = load_config("eval/flickr8k/wsram.yaml", _base(tiny_flickr, cache))
+    small = load_config("eval/flickr8k/wsram.yaml", _base(tiny_flickr, cache) + ["data.preload_limit_gib=0"])
+    with pytest.warns(UserWarning):
+        loaded = load_dataset(config.data, config.model)["test"].inputs
+    with pytest.warns(UserWarning):
+        mapped = load_dataset(small.data, small.model)["test"].inputs
+    assert loaded.loaded is not None and mapped.loaded is None
+    torch.testing.assert_close(mapped[[2, 0]], loaded[[2, 0]])

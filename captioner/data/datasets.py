@@ -187,7 +187,9 @@ def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, Captio
         skipped.warn(f"{records.source} ({name})")
         ids = [r.image_id for r in kept]
         if cache is not None:
-            inputs, kind = CachedFeatures(cache, ids).preload(), "features"
+            inputs, kind = CachedFeatures(cache, ids), "features"
+            if len(ids) * cache.num_locations * cache.channels * 2 <= config.preload_limit_gib * 2**30:
+                inputs.preload()
         else:
             inputs, kind = ImageFiles([r.path for r in kept], model_config.encoder.image_size), "images"
         splits[name] = CaptionSplit(name=name, inputs=inputs, captions=[list(r.captions) for r in kept],

@@ -15,7 +15,8 @@ DESCRIPTION = """Hard-attention image captioning trained with wake-sleep importa
   captioner demo --out demo-run                 train + evaluate on the built-in scenes data (CPU, minutes)
   captioner extract --config flickr8k.yaml      run a pretrained backbone over a data set once, into a feature cache
   captioner train --config my.yaml --out run    train from a YAML config (with --set key=value overrides)
-  captioner evaluate run/model --split test     score a saved model on a split
+  captioner evaluate run/model --split test     score a saved model on a split (coco-caption metrics)
+  captioner evaluate --results r.json --annotations captions.json   score a COCO results file
   captioner caption run/model photo.jpg ...     caption image files, with --attention-dir for pictures
 """
 
@@ -43,7 +44,8 @@ def _build_config(args: argparse.Namespace):
 
 def _decode_overrides(args: argparse.Namespace, decode: DecodeConfig) -> DecodeConfig:
     """The model's decoding settings with the command line's on top."""
-    given = {key: getattr(args, key) for key in ("beam_size", "max_length", "length_penalty", "attention_mode")
+    given = {key: getattr(args, key) for key in ("beam_size", "max_length", "length_penalty", "attention_mode",
+                                                 "block_trigrams")
              if getattr(args, key, None) is not None}
     return dataclasses.replace(decode, **given)
 
@@ -54,6 +56,8 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-penalty", type=float, help="rank finished beams by log p / length**penalty")
     parser.add_argument("--attention-mode", choices=("argmax", "sample", "expected"),
                         help="where the model looks at test time: argmax of pi_t, a sample, or the expected glimpse")
+    parser.add_argument("--block-trigrams", action=argparse.BooleanOptionalAction, default=None,
+                        help="never repeat a word trigram within a caption (default: the model's decoding.json)")
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -105,16 +109,88 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_evaluate(args: argparse.Namespace) -> int:
+_MODEL_ONLY = ("config", "overrides", "samples", "device", "beam_size", "max_length", "length_penalty",
+               "attention_mode")
+_RESULTS_ONLY = ("annotations", "flickr8k", "allow_missing", "allow_empty")
+
+
+def _option(name: str) -> str:
+    return {"overrides": "--set", "flickr8k": "--flickr8k"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _check_evaluate_arguments(args: argparse.Namespace) -> None:
+    """Exactly one of MODEL and --results, each with only the options that apply to it."""
+    from captioner.metrics.results import EvaluationInputError
+
+    if args.tokenizer == "java":
+        from captioner.metrics.ptb import java_available
+
+        if not java_available():
+            raise EvaluationInputError("--tokenizer java needs Java (a `java` executable on PATH), which was not "
+                                       "found; use --tokenizer python (same tokens) or auto")
+    _metrics(args)  # an unknown name fails now, not after decoding a whole split
+    if (args.model is None) == (args.results is None):
+        raise EvaluationInputError(
+            "give either MODEL (a saved model folder: decode and score a split) or --results RESULTS.json (score "
+            "captions already generated, with --annotations or --flickr8k)" + ("" if args.model is None else
+                                                                                  ", not both"))
+    if args.results is not None:
+        wrong = [_option(name) for name in _MODEL_ONLY if getattr(args, name) not in (None, [])]
+        if wrong:
+            raise EvaluationInputError(f"{', '.join(wrong)} only appl{'y' if len(wrong) > 1 else 'ies'} to scoring a "
+                                       "MODEL, not to --results")
+        if (args.annotations is None) == (args.flickr8k is None):
+            raise EvaluationInputError("--results needs the references: give --annotations ANNOTATIONS.json (COCO "
+                                       "caption format) or --flickr8k ROOT (with --split)" +
+                                       ("" if args.annotations is None else ", not both"))
+    else:
+        wrong = [_option(name) for name in _RESULTS_ONLY if getattr(args, name) not in (None, False)]
+        if wrong:
+            raise EvaluationInputError(f"{', '.join(wrong)} only appl{'y' if len(wrong) > 1 else 'ies'} to --results, "
+                                       "not to scoring a MODEL")
+
+
+def _metrics(args: argparse.Namespace) -> list[str]:
+    from captioner.metrics.results import EvaluationInputError
+
+    names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    known = ("bleu", "meteor", "rouge", "cider", "spice")
+    unknown = [name for name in names if name.lower().replace("-", "_") not in known + ("rouge_l",)]
+    if unknown or not names:
+        raise EvaluationInputError(f"--metrics: unknown {unknown or 'empty list'}; choose from {', '.join(known)}")
+    return names
+
+
+def _evaluate_results_file(args: argparse.Namespace) -> dict:
+    from captioner.metrics.results import _sha256_json, command_line, evaluate_results, flickr8k_annotations
+
+    provenance: dict = {"command": command_line()}
+    if args.flickr8k is not None:
+        split = args.split or "test"
+        annotations = flickr8k_annotations(args.flickr8k, split)
+        provenance["annotations"] = {"path": None, **annotations["info"], "sha256": _sha256_json(annotations),
+                                     "note": "built from the Flickr8k release by captioner.metrics.results."
+                                             "flickr8k_annotations; sha256 of its JSON serialisation (sorted keys, "
+                                             "compact separators), files: sha256 of each file read"}
+    else:
+        split, annotations = args.split, args.annotations
+    return evaluate_results(args.results, annotations, tokenizer=args.tokenizer, metrics=_metrics(args),
+                            allow_missing=args.allow_missing, allow_empty=args.allow_empty, split=split,
+                            provenance=provenance)
+
+
+def _evaluate_model(args: argparse.Namespace) -> dict:
     import torch
 
     import captioner
     from captioner.data.datasets import load_dataset
     from captioner.evaluation import evaluate_split
-    from captioner.experiment import format_scores
+    from captioner.metrics.results import command_line, score_report, sha256_file
     from captioner.models.captioner import load_decoding
 
     model_dir = Path(args.model)
+    split_name = args.split or "test"
+    samples = 20 if args.samples is None else args.samples
     data_config = args.config or (model_dir / "training_config.yaml")
     if not Path(data_config).is_file():
         raise ConfigError(f"{data_config}: no data config; pass --config with the data section to evaluate on")
@@ -122,16 +198,51 @@ def command_evaluate(args: argparse.Namespace) -> int:
     device = torch.device(args.device or "cpu")
     model = captioner.load(model_dir, device)
     decode = _decode_overrides(args, load_decoding(model_dir))
-    split = load_dataset(config.data, config.model)[args.split]
-    scores, captions = evaluate_split(model, split, decode, device, args.samples)
-    result = {"dataset": config.data.dataset, "split": args.split, "estimator": config.estimator.name,
-              "beam_size": decode.beam_size, "attention_mode": decode.attention_mode, **scores,
-              "model": str(model_dir), "decoding": dataclasses.asdict(decode),
-              "captions": [{"image_id": i, "caption": c.text} for i, c in zip(split.image_ids, captions)]}
-    print(f"{config.data.dataset} {args.split} split, beam size {decode.beam_size}:")
-    print(format_scores(scores))
+    split = load_dataset(config.data, config.model)[split_name]
+    seed = 1234  # evaluate_split's default: decoding and the bound draw from it
+    scores, captions = evaluate_split(model, split, decode, device, samples, seed=seed)
+    hypotheses = {i: c.text for i, c in zip(split.image_ids, captions)}
+    references = {i: list(refs) for i, refs in zip(split.image_ids, split.captions)}
+    provenance = {
+        "command": command_line(),
+        "model": {"path": str(model_dir.resolve()),
+                  "files": {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file()}},
+        "config": {"path": str(Path(data_config).resolve()), "sha256": sha256_file(data_config),
+                   "overrides": list(args.overrides),
+                   "resolved": json.loads(json.dumps(dataclasses.asdict(config), default=str))},
+        "decoding": dataclasses.asdict(decode),
+        "evaluation": {"device": str(device), "bound_samples": samples, "seed": seed},
+        "data": {"dataset": config.data.dataset, "split": split_name, "images": len(split)},
+    }
+    report = score_report(hypotheses, references, tokenizer=args.tokenizer, metrics=_metrics(args), allow_empty=True,
+                          split=split_name, provenance=provenance)
+    # the model's own scores (attention accuracy, likelihood bounds); its BLEU is superseded by coco-caption's
+    model_scores = {k: v for k, v in scores.items() if not k.startswith("Bleu_")}
+    report["model_scores"] = model_scores
+    # the flat keys that earlier versions of this command wrote come first, then the report
+    return {"dataset": config.data.dataset, "split": split_name, "estimator": config.estimator.name,
+            "beam_size": decode.beam_size, "attention_mode": decode.attention_mode, **report["corpus"],
+            **model_scores, "model": str(model_dir), "decoding": dataclasses.asdict(decode), **report,
+            "captions": [{"image_id": i, "caption": c.text} for i, c in zip(split.image_ids, captions)]}
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from captioner.metrics.results import EvaluationInputError, format_report, write_report
+
+    try:
+        _check_evaluate_arguments(args)
+        result = _evaluate_results_file(args) if args.results is not None else _evaluate_model(args)
+    except EvaluationInputError as error:
+        print(f"captioner evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if "model_scores" in result:
+        from captioner.experiment import format_scores
+
+        print(f"model ({result['estimator']}, beam size {result['beam_size']}):")
+        print(format_scores(result["model_scores"]))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_report(result, args.out)
         print(f"wrote {args.out}")
     return 0
 
@@ -142,11 +253,10 @@ def command_caption(args: argparse.Namespace) -> int:
     import captioner
     from captioner.data.images import find_images
     from captioner.inference import caption_files
-    from captioner.models.captioner import load_decoding
 
     device = torch.device(args.device or "cpu")
     model = captioner.load(args.model, device)
-    decode = _decode_overrides(args, load_decoding(args.model))
+    decode = _decode_overrides(args, model.decoding)
     paths = find_images(args.paths)
     if not paths:
         print("captioner caption: no image files found in the given paths", file=sys.stderr)
@@ -205,25 +315,56 @@ def build_parser() -> argparse.ArgumentParser:
     _common_training_arguments(train)
     train.set_defaults(handler=command_train)
 
-    evaluate = sub.add_parser("evaluate", help="score a saved model on a data split",
-                              description="Decode every image of a split with the model's prior and score BLEU-1..4 "
-                              "(coco-caption's definition), attention accuracy and the likelihood bound L_K.")
-    evaluate.add_argument("model", type=Path, help="saved model folder (e.g. RUN/model)")
-    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
-    evaluate.add_argument("--config", type=Path, help="config whose data section names the data "
-                          "(default: MODEL/training_config.yaml)")
-    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    evaluate.add_argument("--samples", type=int, default=20, help="K of the likelihood bound (default 20)")
-    evaluate.add_argument("--device", help="cpu, cuda or cuda:N")
-    evaluate.add_argument("--out", type=Path, help="write scores and captions to this JSON file")
-    _add_decode_arguments(evaluate)
+    evaluate = sub.add_parser(
+        "evaluate", help="score a saved model on a split, or a COCO results file against references",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score captions with coco-caption's metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D; SPICE when its "
+        "Java dependencies are present), pycocoevalcap's scorers on PTB-tokenised text (the Java tokenizer when Java "
+        "is present, an identical Python port otherwise), with sacreBLEU beside (a different tokenisation).\n\n"
+        "  captioner evaluate RUN/model --split test --out scores.json\n"
+        "      decode every image of a split with a saved model; also attention accuracy and the bound L_K\n"
+        "  captioner evaluate --results results.json --annotations captions_val2017.json --out scores.json\n"
+        "      score a COCO results file [{\"image_id\", \"caption\"}] against COCO caption annotations\n"
+        "  captioner evaluate --results results.json --flickr8k data/flickr8k --split test\n"
+        "      the same against a Flickr8k split (image ids are the file stems)\n\n"
+        "Give exactly one of MODEL and --results. Every image of the annotations needs a result unless "
+        "--allow-missing (then only the images with results are scored, and the report lists the others).")
+    evaluate.add_argument("model", type=Path, nargs="?", help="saved model folder (e.g. RUN/model); leave out "
+                          "with --results")
+    evaluate.add_argument("--split", choices=("train", "val", "test"),
+                          help="split to decode (MODEL) or of --flickr8k (default test); with --annotations only a "
+                          "label in the report")
+    evaluate.add_argument("--out", type=Path, help="write the report (scores, per-image scores, provenance) to this "
+                          "JSON file")
+    evaluate.add_argument("--tokenizer", choices=("auto", "java", "python"), default="auto",
+                          help="PTB tokenizer: pycocoevalcap's Java one, the Python port, or auto (Java if present)")
+    evaluate.add_argument("--metrics", default="bleu,meteor,rouge,cider,spice",
+                          help="comma-separated metrics (default all: bleu,meteor,rouge,cider,spice); METEOR takes "
+                          "about 10 s to start")
+    given = evaluate.add_argument_group("scoring a results file")
+    given.add_argument("--results", type=Path, help='COCO results JSON: [{"image_id": ..., "caption": "..."}, ...]')
+    given.add_argument("--annotations", type=Path, help='COCO caption annotations JSON: {"images": [...], '
+                       '"annotations": [{"image_id": ..., "caption": "..."}, ...]}')
+    given.add_argument("--flickr8k", type=Path, metavar="ROOT", help="use a split of the Flickr8k release at ROOT "
+                       "(Flicker8k_Dataset/, Flickr8k_text/) as the references, instead of --annotations")
+    given.add_argument("--allow-missing", action="store_true", help="score only the annotated images that have a "
+                       "result (default: an error names the images without one)")
+    given.add_argument("--allow-empty", action="store_true", help="score empty result captions as empty (default: "
+                       "an error)")
+    model_options = evaluate.add_argument_group("scoring a MODEL")
+    model_options.add_argument("--config", type=Path, help="config whose data section names the data "
+                               "(default: MODEL/training_config.yaml)")
+    model_options.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    model_options.add_argument("--samples", type=int, help="K of the likelihood bound (default 20)")
+    model_options.add_argument("--device", help="cpu, cuda or cuda:N")
+    _add_decode_arguments(model_options)
     evaluate.set_defaults(handler=command_evaluate)
 
     caption = sub.add_parser("caption", help="caption image files",
                              description="Caption image files, folders (recursively) or glob patterns. Writes one "
                              "JSON line per image: file, caption, and for every word its location, the location's "
                              "probability and the word's probability. Unreadable files are reported and skipped.")
-    caption.add_argument("model", type=Path, help="saved model folder")
+    caption.add_argument("model", help="saved model folder (or a Hugging Face Hub repository id)")
     caption.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     caption.add_argument("--output", type=Path, help="JSON lines file (default: standard output)")
     caption.add_argument("--attention-dir", type=Path, help="write one attention picture per image here")

@@ -165,6 +165,7 @@ class DecodeConfig:
     beam_size: int = 3
     max_length: int = 24
     length_penalty: float = 0.0
+    block_trigrams: bool = False  # never repeat a word trigram within a caption
     attention_mode: Literal["argmax", "sample", "expected"] = "argmax"
 
 

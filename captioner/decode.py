@@ -29,6 +29,14 @@ class GeneratedCaption:
         return " ".join(self.words)
 
 
+def _repeated_trigram_words(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(M, t) histories -> (M, V) True where word w would make (y_{t-1}, y_t, w) a trigram already seen."""
+    match = (tokens[:, :-2] == tokens[:, -2:-1]) & (tokens[:, 1:-1] == tokens[:, -1:])  # (M, t-2)
+    counts = torch.zeros(tokens.shape[0], vocab_size, device=tokens.device)
+    counts.scatter_add_(1, tokens[:, 2:], match.to(counts.dtype))
+    return counts > 0
+
+
 @torch.no_grad()
 def beam_search(
     model,
@@ -38,10 +46,12 @@ def beam_search(
     length_penalty: float = 0.0,
     attention_mode: str = "argmax",
     generator: torch.Generator | None = None,
+    block_trigrams: bool = False,
 ) -> list[GeneratedCaption]:
     """Best caption for each of N feature grids (N, L, D), all images decoded together.
 
-    Hypotheses are ranked by log-probability / length**length_penalty once finished."""
+    Hypotheses are ranked by log-probability / length**length_penalty once finished. With
+    `block_trigrams`, a word that would repeat a trigram already in its hypothesis is not allowed."""
     if attention_mode not in ("argmax", "sample", "expected"):
         raise ValueError(f"attention_mode: must be 'argmax', 'sample' or 'expected', got {attention_mode!r}")
     decoder, vocabulary = model.decoder, model.vocabulary
@@ -76,6 +86,8 @@ def beam_search(
         log_p = torch.where(finished.unsqueeze(1), torch.full_like(log_p, float("-inf")), log_p)
         log_p[:, vocabulary.pad_id] = torch.where(finished, 0.0, float("-inf"))
         log_p[:, vocabulary.bos_id] = float("-inf")
+        if block_trigrams and history["tokens"].shape[1] >= 3:
+            log_p = log_p.masked_fill(_repeated_trigram_words(history["tokens"], vocab_size), float("-inf"))
         candidates = (scores.view(n * w, 1) + log_p).view(n, w * vocab_size)
         scores, flat = candidates.topk(w, -1)
         parent = (flat // vocab_size) + torch.arange(n, device=device).unsqueeze(1) * w

@@ -33,6 +33,16 @@ def _record(path: Path, generated: GeneratedCaption) -> CaptionRecord:
     return CaptionRecord(str(path), generated.text, words)
 
 
+def _picture_name(path: Path, written: set[str]) -> str:
+    """`photo.jpg.attention.png`; files of the same name from other folders get `-2`, `-3`, ..."""
+    name, count = f"{path.name}.attention.png", 1
+    while name in written:
+        count += 1
+        name = f"{path.name}-{count}.attention.png"
+    written.add(name)
+    return name
+
+
 def caption_files(
     model,
     paths: Sequence[Path],
@@ -48,6 +58,7 @@ def caption_files(
     model.eval()
     grid = model.encoder.grid
     batch: list[tuple[Path, np.ndarray]] = []
+    written: set[str] = set()
 
     def flush() -> Iterator[CaptionRecord]:
         pixels = np.stack([p for _, p in batch])
@@ -58,7 +69,7 @@ def caption_files(
         for (path, image), caption in zip(batch, generated):
             if attention_dir is not None:
                 plot_attention(image, caption.words, caption.locations, grid,
-                               Path(attention_dir) / f"{path.stem}.attention.png", caption.location_probs)
+                               Path(attention_dir) / _picture_name(path, written), caption.location_probs)
             yield _record(path, caption)
         batch.clear()
 

@@ -44,6 +44,17 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str | Pa
 def plot_attention(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,
                    path: str | Path, location_probs: Sequence[float] | None = None, columns: int = 6) -> Path:
     """The image, then one panel per word with the attended cell highlighted (Show-Attend-Tell style)."""
+    figure = attention_figure(image, words, locations, grid, location_probs, columns)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def attention_figure(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,
+                     location_probs: Sequence[float] | None = None, columns: int = 6):
+    """The matplotlib figure of `plot_attention`: panel 0 the image, panel t+1 word t over its cell."""
     panels = len(words) + 1
     rows = (panels + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.2 * rows), squeeze=False)
@@ -70,8 +81,4 @@ def plot_attention(image: np.ndarray, words: Sequence[str], locations: Sequence[
         title = words[t] if location_probs is None else f"{words[t]} ({location_probs[t]:.2f})"
         axis.set_title(title, fontsize=10)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return figure

@@ -67,6 +67,36 @@ train)
   done
   tar czf $OUT/runs-$(date +%H%M%S).tar.gz --exclude='checkpoints' --exclude='model.safetensors' *.log */
   ;;
+model)
+  # Issue 5: train the chosen WS-RAM model, pick its decoding on the dev split, time captioning from
+  # JPEG, draw attention pictures, and bring the model back as float16 weights in parts of 15 MiB.
+  SETS=(--set data.root=$DATA --set data.features=$CACHE/block15)
+  M=/root/runs/flickr8k-wsram/model
+  mkdir -p /root/runs
+  python3 -m captioner.cli train --config eval/flickr8k/wsram.yaml "${SETS[@]}" --out /root/runs/flickr8k-wsram \
+    --quiet > /root/runs/flickr8k-wsram.log 2>&1
+  grep -v -i warn /root/runs/flickr8k-wsram.log | tail -12
+  python3 scripts/decoding_study.py $M --config eval/flickr8k/wsram.yaml "${SETS[@]}" --split val --device cuda \
+    --out $OUT/decoding_study.json --write-best 2>&1 | grep -v -i warn
+  mkdir -p /root/test_images /root/attention
+  while read -r name; do ln -sf $DATA/Flicker8k_Dataset/$name /root/test_images/$name; done < $DATA/Flickr8k_text/Flickr_8k.testImages.txt
+  python3 scripts/bench_caption.py $M /root/test_images --device cuda --batch-sizes 1 32 --limit 1000 --beam-size 3 \
+    --out $OUT/bench_caption_gpu.json
+  python3 -m captioner.cli caption $M $(ls /root/test_images/*.jpg | head -8) --device cuda \
+    --output /root/attention/examples.jsonl --attention-dir /root/attention
+  python3 - "$M" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+state = load_file(sys.argv[1] + "/model.safetensors")
+save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, "/root/model-half.safetensors")
+PY
+  split -b 15M -d /root/model-half.safetensors $OUT/model-half.part
+  tar czf $OUT/model-run.tar.gz -C /root/runs flickr8k-wsram.log flickr8k-wsram/log.jsonl flickr8k-wsram/metrics.json \
+    flickr8k-wsram/config.yaml flickr8k-wsram/learning_curves.png flickr8k-wsram/test_captions.json \
+    flickr8k-wsram/model/config.json flickr8k-wsram/model/decoding.json flickr8k-wsram/model/training_config.yaml \
+    flickr8k-wsram/model/README.md -C /root attention
+  ls -la $OUT
+  ;;
 *)
   echo "unknown stage $stage" >&2; exit 2
   ;;

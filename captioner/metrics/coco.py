@@ -16,15 +16,18 @@ import contextlib
 import functools
 import io
 import math
+import re
 import shutil
 import subprocess
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 
 from captioner.metrics.ptb import java_available, java_ptb_tokenize_many, ptb_tokenize_many
 
-__all__ = ["CaptionScores", "METRIC_KEYS", "format_scores_table", "score_captions"]
+__all__ = ["CaptionScores", "METRIC_KEYS", "SPICE_REQUIREMENTS", "format_scores_table", "java_major_version",
+           "score_captions", "score_spice", "spice_unavailable_reason"]
 
 # metric name (argument of score_captions) -> coco-caption result keys
 METRIC_KEYS: dict[str, tuple[str, ...]] = {
@@ -327,3 +330,75 @@ def format_scores_table(corpus: Mapping[str, float], digits: int = 4) -> str:
     lines = [f"{'metric':<{name_width}}  {'score':>{value_width}}", f"{'-' * name_width}  {'-' * value_width}"]
     lines += [f"{k:<{name_width}}  {v:>{value_width}}" for k, v in rows]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# SPICE (kept apart from score_captions: it needs what this project cannot count on)
+# ---------------------------------------------------------------------------------------------------
+SPICE_CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
+SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+SPICE_REQUIREMENTS = (
+    "pycocoevalcap's SPICE runs `java -jar -Xmx8G spice-1.0.jar` (8 GB Java heap) and needs (1) Stanford "
+    f"CoreNLP 3.6.0 ({' and '.join(SPICE_CORENLP_JARS)}) in pycocoevalcap/spice/lib, which its Spice() "
+    f"downloads on first use from {SPICE_CORENLP_URL} (a zip of about 400 MB); (2) Java 8 (11 is reported to "
+    "work): on Java 16 and later spice-1.0.jar stops at start with java.lang.reflect.InaccessibleObjectException "
+    "(module java.base does not 'opens java.lang'), raised by the FST serialisation library it bundles"
+)
+
+
+def java_major_version() -> int | None:
+    """The major version of the `java` on PATH (8 for "1.8.0_312", 17 for "17.0.15"), None without Java."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', _java_version())
+    if match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def _spice_lib() -> Path:
+    import pycocoevalcap.spice
+
+    return Path(pycocoevalcap.spice.__file__).resolve().parent / "lib"
+
+
+def spice_unavailable_reason() -> str | None:
+    """None when SPICE can run here; otherwise why not, precisely (nothing is downloaded or started)."""
+    reasons = []
+    lib = _spice_lib()
+    missing = [jar for jar in SPICE_CORENLP_JARS if not (lib / jar).is_file()]
+    if missing:
+        reasons.append(f"Stanford CoreNLP 3.6.0 is not installed ({', '.join(missing)} missing from {lib}); "
+                       f"pycocoevalcap's Spice() would download it on first use from {SPICE_CORENLP_URL} "
+                       "(about 400 MB); captioner never starts that download")
+    if not java_available():
+        reasons.append("Java not found (spice-1.0.jar is a Java program; it needs Java 8, 11 is reported to work)")
+    else:
+        major = java_major_version()
+        if major is not None and major >= 16:
+            reasons.append(f"Java {major} found ({_java_version()}); spice-1.0.jar needs Java 8 (11 is reported "
+                           "to work): on Java 16+ it fails at start with InaccessibleObjectException ('module "
+                           "java.base does not opens java.lang') from the FST library it bundles")
+    return "; ".join(reasons) or None
+
+
+def score_spice(hypotheses: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                tokenizer: str = "auto") -> tuple[float, dict[Hashable, float]]:
+    """SPICE (corpus score, image id -> per-image SPICE F-score) through pycocoevalcap's Spice, on the
+    PTB-tokenised captions as coco-caption's COCOEvalCap does. Raises RuntimeError, saying why, when
+    `spice_unavailable_reason()` says SPICE cannot run here (never starts a download)."""
+    if tokenizer not in _TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {_TOKENIZERS}, got {tokenizer!r}")
+    reason = spice_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"SPICE unavailable: {reason}")
+    ids, hyps, refs = _check_inputs(hypotheses, references)
+    gts, res = _tokenize(ids, hyps, refs, tokenizer != "python")
+    # SPICE sorts the ids and writes them into JSON: give it plain, sortable keys and map back.
+    keys = {image_id: f"{position:09d}" for position, image_id in enumerate(ids)}
+    from pycocoevalcap.spice.spice import Spice
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        score, per_image = Spice().compute_score({keys[i]: gts[i] for i in ids}, {keys[i]: res[i] for i in ids})
+    ordered = sorted(ids, key=lambda image_id: keys[image_id])
+    values = {image_id: float(scores["All"]["f"]) for image_id, scores in zip(ordered, per_image)}
+    return float(score), values

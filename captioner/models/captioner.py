@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import ModelHubMixin
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -22,9 +24,10 @@ from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD, build_encoder, norma
 from captioner.models.proposal import CaptionProposal
 
 FORMAT_VERSION = 1
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # user/name on the Hugging Face Hub
 
 
-class CaptionModel(nn.Module):
+class CaptionModel(nn.Module, ModelHubMixin, library_name="captioner", tags=["image-captioning", "hard-attention"]):
     def __init__(self, config: ModelConfig, vocabulary: Vocabulary, image_size: int,
                  pretrained_backbone: bool | None = None):
         """`image_size` is the side of the images small_cnn reads (a pretrained backbone has its own).
@@ -35,6 +38,7 @@ class CaptionModel(nn.Module):
         self.vocabulary = vocabulary
         self.encoder = build_encoder(config.encoder, pretrained_backbone)
         self.image_size = image_size if config.encoder.name == "small_cnn" else self.encoder.spec.image_size
+        self.decoding = DecodeConfig()  # default decoding settings, saved as decoding.json
         d = config.encoder.feature_dim
         self.decoder = AttentionDecoder(
             vocab_size=len(vocabulary),
@@ -98,9 +102,45 @@ class CaptionModel(nn.Module):
             return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
         return normalize_images(pixels)
 
-    # ---- saving and loading ------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path, decoding: DecodeConfig | None = None) -> Path:
-        folder = Path(folder)
+    # ---- captioning --------------------------------------------------------------------
+    @torch.no_grad()
+    def caption(self, images, batch_size: int = 32, generator: torch.Generator | None = None, **decoding):
+        """Caption images: file paths, PIL images or uint8 RGB arrays (H, W, 3), any size.
+
+        Decoding settings default to the model's `decoding` (its decoding.json when loaded); keyword
+        arguments override them (beam_size, max_length, length_penalty, block_trigrams,
+        attention_mode). Returns one GeneratedCaption per image (text, words, and per word the
+        attended location, its probability and the word's probability)."""
+        from captioner.data.images import as_pixels
+        from captioner.decode import beam_search
+
+        settings = dataclasses.replace(self.decoding, **decoding)
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        results = []
+        for start in range(0, len(images), batch_size):
+            pixels = np.stack([as_pixels(image, self.image_size) for image in images[start:start + batch_size]])
+            features = self.encode(self.prepare_images(pixels).to(device))
+            results.extend(beam_search(self, features, settings.beam_size, settings.max_length,
+                                       settings.length_penalty, settings.attention_mode, generator,
+                                       block_trigrams=settings.block_trigrams))
+        self.train(was_training)
+        return results
+
+    # ---- saving and loading (huggingface_hub's save_pretrained / from_pretrained) ---------
+    def save_pretrained(self, save_directory: str | Path, decoding: DecodeConfig | None = None, **kwargs) -> Path:
+        """Write the model folder: config.json (model config, vocabulary, image preprocessing),
+        model.safetensors, decoding.json and a model card. `decoding` replaces the model's default
+        decoding settings first. Other keyword arguments go to huggingface_hub (e.g. push_to_hub=True,
+        repo_id=...)."""
+        if decoding is not None:
+            self.decoding = decoding
+        ModelHubMixin.save_pretrained(self, save_directory, **kwargs)
+        return Path(save_directory)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         config = {
             "format_version": FORMAT_VERSION,
@@ -113,16 +153,43 @@ class CaptionModel(nn.Module):
             "vocabulary": self.vocabulary.words,
         }
         _atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
-        _atomic_write_text(folder / "decoding.json", json.dumps(dataclasses.asdict(decoding or DecodeConfig()), indent=2))
+        _atomic_write_text(folder / "decoding.json", json.dumps(dataclasses.asdict(self.decoding), indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         temporary = folder / "model.safetensors.tmp"
         save_file(state, str(temporary), metadata={"format": "pt"})
         temporary.replace(folder / "model.safetensors")
-        return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "CaptionModel":
-        folder = Path(folder)
+    def from_pretrained(cls, pretrained_model_name_or_path, *, device: str | torch.device = "cpu",
+                        **kwargs) -> "CaptionModel":
+        """Load a saved folder, or download `user/name` from the Hugging Face Hub (huggingface_hub).
+        Keyword arguments other than `device` go to huggingface_hub (revision, cache_dir, token, ...)."""
+        name = str(pretrained_model_name_or_path)
+        if Path(name).is_dir() or not _REPO_ID.fullmatch(name):
+            return cls._load_folder(Path(name), device)
+        return super().from_pretrained(name, device=device, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None,
+                         force_download: bool = False, local_files_only: bool = False, token=None,
+                         device: str | torch.device = "cpu", **kwargs) -> "CaptionModel":
+        """A local folder, or a Hugging Face Hub repository id (downloaded with huggingface_hub)."""
+        folder = Path(model_id)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            try:
+                folder = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir,
+                                                force_download=force_download, local_files_only=local_files_only,
+                                                token=token))
+            except Exception as error:  # offline, unknown repository, ...
+                raise FileNotFoundError(f"{model_id}: could not download the model from the Hugging Face Hub "
+                                        f"({type(error).__name__}: {error}); download it where there is internet "
+                                        "and pass the folder") from None
+        return cls._load_folder(folder, device)
+
+    @classmethod
+    def _load_folder(cls, folder: Path, device) -> "CaptionModel":
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path}: not found; a saved captioner folder holds config.json, "
@@ -139,6 +206,7 @@ class CaptionModel(nn.Module):
         if not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path}: not found")
         model.load_state_dict(load_file(str(weights_path)))
+        model.decoding = load_decoding(folder)
         return model.to(device).eval()
 
 

@@ -13,6 +13,15 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 
+def _save(figure, path: str | Path, dpi: int) -> Path:
+    """Write `figure` to `path` (folders made as needed) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
 def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str | Path) -> Path:
     """One line per run: validation bound L_K, BLEU-4 and attention accuracy against epochs.
 
@@ -34,22 +43,13 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str | Pa
         axis.grid(alpha=0.3)
     axes[0].legend()
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi=110)
 
 
 def plot_attention(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,
                    path: str | Path, location_probs: Sequence[float] | None = None, columns: int = 6) -> Path:
     """The image, then one panel per word with the attended cell highlighted (Show-Attend-Tell style)."""
-    figure = attention_figure(image, words, locations, grid, location_probs, columns)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(attention_figure(image, words, locations, grid, location_probs, columns), path, dpi=100)
 
 
 def attention_figure(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,

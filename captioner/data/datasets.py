@@ -142,7 +142,8 @@ def read_records(config: DataConfig) -> CaptionRecords:
              "val": root / "annotations" / f"captions_val{year}.json"},
             {"train": root / f"train{year}", "val": root / f"val{year}"})
     if config.dataset == "huggingface":
-        materialize = Path(config.features or ".").parent / "hf-images" if config.features else None
+        # Images embedded in the parquet files are written once, next to the feature cache.
+        materialize = Path(config.features).parent / "hf-images" if config.features else None
         return sources.read_hf_dataset(config.hf_name, image_root=root, materialize_dir=materialize)
     raise ValueError(f"data.dataset: {config.dataset!r} is not a data set on disk")
 

@@ -142,6 +142,19 @@ def _id_text(value: Any, where: str) -> str:
     return str(value)
 
 
+def _caption_entry(entry: Any, where: str) -> tuple[Any, Any]:
+    """(image_id, caption) of one results entry or annotation; an error naming `where` if it is not an
+    object with both keys. The values are checked by the caller."""
+    if not isinstance(entry, Mapping):
+        raise EvaluationInputError(f'{where} is a {type(entry).__name__} ({entry!r:.60}), expected an object '
+                                   '{"image_id": ..., "caption": "..."}')
+    absent = [key for key in ("image_id", "caption") if key not in entry]
+    if absent:
+        raise EvaluationInputError(f"{where} has no {' or '.join(repr(k) for k in absent)} "
+                                   f"(keys: {sorted(map(str, entry))[:8]})")
+    return entry["image_id"], entry["caption"]
+
+
 def _source(value: Any, kind: str) -> tuple[Any, str, dict]:
     """(parsed JSON, name for messages, provenance) of a path or an in-memory object."""
     if isinstance(value, (str, os.PathLike)):
@@ -188,14 +201,7 @@ def load_results(results: PathLike | Sequence[Mapping], allow_empty: bool = Fals
     empty: list = []
     for index, entry in enumerate(data):
         where = f"{name}: entry {index}"
-        if not isinstance(entry, Mapping):
-            raise EvaluationInputError(f'{where} is a {type(entry).__name__} ({entry!r:.60}), expected an object '
-                                       f'{{"image_id": ..., "caption": "..."}}')
-        absent = [key for key in ("image_id", "caption") if key not in entry]
-        if absent:
-            raise EvaluationInputError(f"{where} has no {' or '.join(repr(k) for k in absent)} "
-                                       f"(keys: {sorted(map(str, entry))[:8]})")
-        image_id, caption = entry["image_id"], entry["caption"]
+        image_id, caption = _caption_entry(entry, where)
         key = _id_text(image_id, where)
         if not isinstance(caption, str):
             raise EvaluationInputError(f"{where} (image {image_id!r}): caption must be a string, got "
@@ -262,13 +268,7 @@ def load_annotations(annotations: PathLike | Mapping) -> tuple[dict[Any, list[st
     empty_refs: list = []
     for index, annotation in enumerate(annotation_list):
         where = f"{name}: annotations[{index}]"
-        if not isinstance(annotation, Mapping):
-            raise EvaluationInputError(f'{where} is a {type(annotation).__name__}, expected an object '
-                                       '{"image_id": ..., "caption": "..."}')
-        absent = [key for key in ("image_id", "caption") if key not in annotation]
-        if absent:
-            raise EvaluationInputError(f"{where} has no {' or '.join(repr(k) for k in absent)}")
-        image_id, caption = annotation["image_id"], annotation["caption"]
+        image_id, caption = _caption_entry(annotation, where)
         key = _id_text(image_id, where)
         if not isinstance(caption, str):
             raise EvaluationInputError(f"{where} (image {image_id!r}): caption must be a string, got "

@@ -61,13 +61,21 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_demo(args: argparse.Namespace) -> int:
+    from captioner import distributed
     from captioner.experiment import format_scores, run_experiment
 
     config = _build_config(args)
-    print(f"captioner demo: training {config.estimator.name} on the built-in scenes data "
-          f"({config.data.train_size} training images, {config.train.epochs} epochs, {config.train.device})",
-          file=sys.stderr)
-    metrics = run_experiment(config, args.out, examples=args.examples)
+    main_process = distributed.Distributed.from_environment().is_main
+    if main_process:
+        print(f"captioner demo: training {config.estimator.name} on the built-in scenes data "
+              f"({config.data.train_size} training images, {config.train.epochs} epochs, {config.train.device})",
+              file=sys.stderr)
+    try:
+        metrics = run_experiment(config, args.out, examples=args.examples)
+    finally:
+        distributed.shutdown()
+    if not main_process:
+        return 0
     print(f"test split, beam size {config.decode.beam_size}:")
     print(format_scores({k: metrics[k] for k in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "attention_accuracy",
                                                    "bound_prior", "wall_seconds")}))
@@ -77,6 +85,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_extract(args: argparse.Namespace) -> int:
+    from captioner.data.feature_cache import resolve_decoder
     from captioner.extract import run_extraction
 
     overrides = list(args.overrides)
@@ -87,21 +96,30 @@ def command_extract(args: argparse.Namespace) -> int:
     if not out:
         raise ConfigError("data.features: name the cache folder to write (or pass --out)")
     device = args.device or "cpu"
+    decoder = resolve_decoder(args.decode, device)
     print(f"captioner extract: {config.model.encoder.name} {config.model.encoder.layer or '(default layer)'} at "
-          f"{config.model.encoder.image_size} px on {device}, {args.storage}, into {out}", file=sys.stderr)
+          f"{config.model.encoder.image_size} px on {device}, {args.storage}, images decoded by {decoder}, "
+          f"into {out}", file=sys.stderr)
     report = run_extraction(config, out, storage=args.storage, shard_size=args.shard_size, batch_size=args.batch_size,
-                            device=device, workers=args.workers, progress=not args.quiet)
-    print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s), "
-          f"{report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
+                            device=device, workers=args.workers, decoder=decoder, progress=not args.quiet)
+    print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s, "
+          f"decoder {report.decoder}), {report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
     print(f"wrote {out}/manifest.json and {out}/extraction.json")
     return 0
 
 
 def command_train(args: argparse.Namespace) -> int:
+    """Train in this process, or, started by torchrun, in every process it started (one per GPU)."""
+    from captioner import distributed
     from captioner.experiment import format_scores, run_experiment
 
     config = _build_config(args)
-    metrics = run_experiment(config, args.out, resume=args.resume)
+    try:
+        metrics = run_experiment(config, args.out, resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if not distributed.Distributed.from_environment().is_main:
+        return 0
     print(f"test split, beam size {config.decode.beam_size}:")
     print(format_scores({k: v for k, v in metrics.items() if k.startswith("Bleu") or k in (
         "attention_accuracy", "bound_prior", "bound_proposal", "wall_seconds")}))
@@ -301,15 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="float16, or int8 with a scale per image and channel (half the size)")
     extract.add_argument("--shard-size", type=int, default=1024, help="images per shard (bounds RAM)")
     extract.add_argument("--batch-size", type=int, default=64)
-    extract.add_argument("--workers", type=int, default=4, help="image-decoding threads")
+    extract.add_argument("--workers", type=int, default=4,
+                         help="image-reading threads (with --decode pil they also decode)")
     extract.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    extract.add_argument("--decode", choices=("auto", "pil", "gpu"), default="auto",
+                         help="how images are decoded: pil (CPU threads), or gpu (JPEGs in batches with "
+                         "torchvision on --device: nvjpeg on a GPU, torchvision's CPU decoder on the CPU; other "
+                         "files with PIL); auto (default): gpu when --device is a GPU, else pil. The caches are "
+                         "interchangeable")
     extract.add_argument("--quiet", action="store_true")
     extract.set_defaults(handler=command_extract)
 
     train = sub.add_parser("train", help="train from a config; writes checkpoints, logs, the model and metrics",
                            description="Train, keeping checkpoints/latest.pt and checkpoints/best.pt (best "
                            "validation BLEU-4) and log.jsonl under OUT; then export OUT/model and score the test "
-                           "split into OUT/metrics.json.")
+                           "split into OUT/metrics.json. Under torchrun (torchrun --standalone --nproc-per-node N "
+                           "-m captioner.cli train ...) every process trains on its share of each batch, one GPU "
+                           "each, and rank 0 writes the files.")
     train.add_argument("--out", type=Path, required=True, help="output folder")
     train.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/latest.pt")
     _common_training_arguments(train)

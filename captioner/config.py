@@ -127,6 +127,10 @@ class EstimatorConfig:
     sleep_weight: float = 1.0
     defensive_weight: float = 0.0  # delta of the mixture (1 - delta) q + delta * component
     defensive_component: Literal["prior", "uniform"] = "uniform"
+    # fused: with a factorised proposal every location is drawn before the decoder runs, which then
+    # runs as one LSTM call. stepwise: the decoder runs word by word (the layout REINFORCE needs);
+    # same numbers, slower: the reference loop of scripts/bench_train.py.
+    layout: Literal["fused", "stepwise"] = "fused"
     # VAR / REINFORCE (Show-Attend-Tell's settings)
     reinforce_weight: float = 0.1
     entropy_weight: float = 0.002
@@ -142,15 +146,24 @@ class TrainConfig:
 
     epochs: int = 9
     max_steps: int = 0  # 0: no limit; otherwise stop (and checkpoint) after this many updates
-    batch_size: int = 20  # images per update
-    captions_per_image: int = 2  # captions of each image in an update, drawn at random (0: all of them)
+    batch_size: int = 20  # images per update (the whole update: under torchrun, over all processes)
+    # Captions of each image in an epoch, drawn anew every epoch (0: all of them). An update holds
+    # batch_size x captions_per_image captions (captions_per_image 0: batch_size x the median number of
+    # captions per image), over all processes of a multi-GPU run.
+    captions_per_image: int = 2
+    # Sort the captions of every 100 batches by length before cutting them into batches (the batches
+    # then come in a random order), so that a batch pads to a short maximum length.
+    length_bucketing: bool = True
+    # On CUDA, run the attention scores and word log-probabilities through torch.compile
+    # (captioner/models/fused.py): same numbers, far less memory traffic. Ignored on the CPU.
+    compile: bool = True
     learning_rate: float = 5e-3
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decay to final_lr_fraction at the end
     final_lr_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # under torchrun, "cuda" puts each process on its own GPU, cuda:LOCAL_RANK
     bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
     validation_samples: int = 10  # K of the validation bound L_K
     validation_beam_size: int = 1

@@ -17,6 +17,7 @@ import torch
 from captioner.config import EstimatorConfig
 from captioner.data.batching import CaptionText
 from captioner.models.decoder import DecoderOutput, gumbel_argmax, location_log_probs, log_softmax, word_log_probs
+from captioner.models.noise import host_generator
 
 
 # ---- pure math ------------------------------------------------------------------------------
@@ -134,30 +135,39 @@ def draw_locations(
     defensive_weight: float = 0.0,
     defensive_component: str = "uniform",
     generator: torch.Generator | None = None,
+    rows: torch.Tensor | None = None,
+    layout: str = "fused",
 ) -> LocationSamples:
     """Draw `samples` location sequences per caption and score them.
 
     proposal='model' draws from q_phi (mixed defensively if asked); proposal='prior' draws from
     the model's own prior pi (then log q = log p(a|x) and L_K is plain importance sampling).
-    features (B, L, D) for the B captions of `text`."""
+    features (B, L, D) for the B captions of `text`; or, with rows (B,), features (M, L, D) of M
+    images and rows[n] the image of caption n (the fused layout then never copies a grid per caption).
+    layout='stepwise' runs the decoder word by word even where the fused layout applies."""
     b = len(text)
     decoder = model.decoder
     repeated = text.repeat(samples)
-    features_k = features.repeat_interleave(samples, 0)
+    if rows is None:
+        rows = torch.arange(b, device=features.device)
+    rows_k = rows.repeat_interleave(samples, 0)
     q_network = model.proposal if proposal == "model" else None
     if proposal == "model" and q_network is None:
         raise ValueError("this model has no proposal network; draw from proposal='prior'")
 
-    if q_network is None:
-        output = decoder.forward_stepwise(features_k, repeated.inputs, "prior", generator=generator)
-        log_q_steps = None
-    elif not q_network.sequential and (defensive_weight <= 0.0 or defensive_component == "uniform"):
+    if q_network is not None and not q_network.sequential and layout == "fused" and (
+            defensive_weight <= 0.0 or defensive_component == "uniform"):
         # Fused layout: every location is drawn before the decoder runs.
-        log_q_steps = q_network.log_probs(features, text.targets, text.lengths).repeat_interleave(samples, 0)
+        log_q_steps = q_network.log_probs(features, text.targets, text.lengths, rows).repeat_interleave(samples, 0)
         log_q_steps = _mix_defensive(log_q_steps, log_q_steps, defensive_weight, "uniform")
         locations = gumbel_argmax(log_q_steps, generator)
-        output = decoder.forward_given_locations(features_k, repeated.inputs, locations)
+        output = decoder.forward_given_locations(features, repeated.inputs, locations, rows_k)
+    elif q_network is None:
+        features_k = features.index_select(0, rows_k)
+        output = decoder.forward_stepwise(features_k, repeated.inputs, "prior", generator=generator)
+        log_q_steps = None
     else:
+        features_k = features.index_select(0, rows_k)
         context = q_network.read_caption(text.targets, text.lengths).repeat_interleave(samples, 0)
         projected = q_network.attend_feature(features_k)
         factorised = None if q_network.sequential else log_softmax(q_network.scores(projected, context))
@@ -204,11 +214,16 @@ class ReinforceBaseline:
         self.value = None if state["value"] is None else state["value"].to(device)
 
 
+def _per_caption(features: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The grid of every caption: features (M, L, D) of images indexed by rows (N,) -> (N, L, D)."""
+    return features if rows is None else features.index_select(0, rows)
+
+
 def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
-               generator: torch.Generator | None = None) -> EstimatorResult:
+               generator: torch.Generator | None = None, rows: torch.Tensor | None = None) -> EstimatorResult:
     """WS-RAM with K samples from q_phi(a | y, x) (plus the sleep update if configured)."""
     drawn = draw_locations(model, features, text, config.samples, "model", config.defensive_weight,
-                           config.defensive_component, generator)
+                           config.defensive_component, generator, rows, config.layout)
     terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, drawn.log_q, config.control_variates,
                             config.prior_control_variate)
     loss = terms.loss.mean()
@@ -223,7 +238,7 @@ def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
         "nll_words": -(weights * drawn.log_p_words.detach()).sum(-1).mean(),
     }
     if config.sleep_update:
-        sleep = sleep_loss(model, features, generator)
+        sleep = sleep_loss(model, _per_caption(features, rows), generator)
         loss = loss + config.sleep_weight * sleep
         diagnostics["sleep_loss"] = sleep.detach()
     return EstimatorResult(loss, diagnostics)
@@ -256,13 +271,14 @@ def sleep_loss(model, features: torch.Tensor, generator: torch.Generator | None 
 
 
 def var_loss(model, features, text: CaptionText, config: EstimatorConfig, baseline: ReinforceBaseline,
-             generator: torch.Generator | None = None) -> EstimatorResult:
+             generator: torch.Generator | None = None, rows: torch.Tensor | None = None) -> EstimatorResult:
     """Show-Attend-Tell's hard attention (VAR): a ~ pi step by step, REINFORCE with a moving-average
     baseline on the per-word log-likelihood, plus an entropy bonus. With probability
     `expected_glimpse_probability` a minibatch uses the expected glimpse instead."""
     decoder = model.decoder
+    features = _per_caption(features, rows)
     p = config.expected_glimpse_probability
-    if p > 0.0 and float(torch.rand((), generator=generator)) < p:
+    if p > 0.0 and float(torch.rand((), generator=host_generator(generator))) < p:
         output = decoder.forward_stepwise(features, text.inputs, "expected")
         log_p_words = masked_sum(word_log_probs(output.word_logits, text.targets), text.mask)
         return EstimatorResult(-log_p_words.mean(), {"nll_words": -log_p_words.mean().detach(),
@@ -285,9 +301,10 @@ def var_loss(model, features, text: CaptionText, config: EstimatorConfig, baseli
     return EstimatorResult(loss.mean(), diagnostics)
 
 
-def soft_loss(model, features, text: CaptionText, config: EstimatorConfig) -> EstimatorResult:
+def soft_loss(model, features, text: CaptionText, config: EstimatorConfig,
+              rows: torch.Tensor | None = None) -> EstimatorResult:
     """Soft attention: NLL + lambda * sum_i (1 - sum_t pi_t(i))^2."""
-    output = model.decoder.forward_stepwise(features, text.inputs, "soft")
+    output = model.decoder.forward_stepwise(_per_caption(features, rows), text.inputs, "soft")
     log_p_words = masked_sum(word_log_probs(output.word_logits, text.targets), text.mask)
     attention = torch.where(text.mask.unsqueeze(-1), log_softmax(output.attention_logits).exp(), 0.0)
     penalty = (1.0 - attention.sum(1)).square().sum(-1)
@@ -299,14 +316,15 @@ def soft_loss(model, features, text: CaptionText, config: EstimatorConfig) -> Es
 
 
 def compute_loss(model, features, text: CaptionText, config: EstimatorConfig, baseline: ReinforceBaseline,
-                 generator: torch.Generator | None = None) -> EstimatorResult:
-    """Dispatch on config.name: 'wsram', 'var' or 'soft'."""
+                 generator: torch.Generator | None = None, rows: torch.Tensor | None = None) -> EstimatorResult:
+    """Dispatch on config.name: 'wsram', 'var' or 'soft'. features (N, L, D), one grid per caption;
+    or (M, L, D), one per image, with rows (N,) naming each caption's image."""
     if config.name == "wsram":
-        return wsram_loss(model, features, text, config, generator)
+        return wsram_loss(model, features, text, config, generator, rows)
     if config.name == "var":
-        return var_loss(model, features, text, config, baseline, generator)
+        return var_loss(model, features, text, config, baseline, generator, rows)
     if config.name == "soft":
-        return soft_loss(model, features, text, config)
+        return soft_loss(model, features, text, config, rows)
     raise ValueError(f"estimator.name: unknown estimator {config.name!r}")
 
 

@@ -29,18 +29,24 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
                    examples: int = 0) -> dict:
     """Train under `out_dir`, export the best model to `out_dir/model`, score it on the test split
     with `config.decode`, and write `out_dir/metrics.json`. With `examples` > 0, also caption that
-    many test images from PNG files (out_dir/examples), with attention pictures."""
+    many test images from PNG files (out_dir/examples), with attention pictures.
+
+    Under torchrun every process trains and scores its share of the test split; rank 0 writes the
+    files. Every process returns the metrics."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     trainer = Trainer(config, out_dir, resume=resume)
     summary = trainer.train()
     trainer.load_best()
     model = trainer.model.eval()
-    model_dir = model.save_pretrained(out_dir / "model", config.decode)
-    shutil.copyfile(out_dir / "config.yaml", model_dir / "training_config.yaml")
     test = trainer.splits["test"]
     scores, captions = evaluate_split(model, test, config.decode, trainer.device, config.train.validation_samples,
-                                      full_metrics=True)
+                                      full_metrics=True, distributed=trainer.distributed)
+    model_dir = out_dir / "model"
+    if not trainer.distributed.is_main:
+        return _metrics(config, scores, summary, model_dir, time.perf_counter() - start)
+    model.save_pretrained(model_dir, config.decode)
+    shutil.copyfile(out_dir / "config.yaml", model_dir / "training_config.yaml")
     # The test captions in the COCO results format, so any scorer can score them again.
     (out_dir / "test_captions.json").write_text(json.dumps(
         [{"image_id": image_id, "caption": c.text} for image_id, c in zip(test.image_ids, captions)], indent=0))
@@ -58,14 +64,21 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
             for record in caption_files(model, paths, config.decode, trainer.device,
                                         attention_dir=out_dir / "attention"):
                 handle.write(json.dumps(record.to_json()) + "\n")
-    metrics = {
+    metrics = _metrics(config, scores, summary, model_dir, time.perf_counter() - start)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _metrics(config: ExperimentConfig, scores: dict, summary: dict, model_dir: Path, seconds: float) -> dict:
+    """The metrics.json record of a run."""
+    return {
         "dataset": config.data.dataset,
         "split": "test",
         "estimator": config.estimator.name,
         "beam_size": config.decode.beam_size,
         "attention_mode": config.decode.attention_mode,
         **scores,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": seconds,
         "train_seconds": summary["train_seconds"],
         "steps": summary["step"],
         "epochs": summary["epoch"],
@@ -74,6 +87,4 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
         "config": dataclasses.asdict(config),
         "model_dir": str(model_dir),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
 

@@ -18,10 +18,11 @@ from captioner.models.encoder import backbone_name
 
 
 def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str = "float16", shard_size: int = 1024,
-                   batch_size: int = 64, device: str = "cpu", workers: int = 4, progress: bool = True
-                   ) -> ExtractionReport:
+                   batch_size: int = 64, device: str = "cpu", workers: int = 4, decoder: str = "auto",
+                   progress: bool = True) -> ExtractionReport:
     """Extract the grids of every image of every split that `config.data` names with the backbone of
-    `config.model.encoder`, into `out_dir`; writes `out_dir/extraction.json` with the speed."""
+    `config.model.encoder`, into `out_dir`, decoding images with `decoder` ("auto": on the GPU when
+    `device` is one, else with PIL); writes `out_dir/extraction.json` with the speed and the decoder."""
     if config.data.dataset == "scenes":
         raise ValueError("data.dataset: the built-in scenes data is encoded by small_cnn while training; "
                          "extract features of a data set on disk (flickr8k, karpathy, coco, huggingface)")
@@ -42,8 +43,8 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
             print(f"  {done}/{total} images", file=sys.stderr)
 
     report = extract_features(everything, backbone, out_dir, storage=storage, shard_size=shard_size,
-                              batch_size=batch_size, device=device, workers=workers, bf16=device.startswith("cuda"),
-                              progress=show)
+                              batch_size=batch_size, device=device, workers=workers, decoder=decoder,
+                              bf16=device.startswith("cuda"), channels_last=device.startswith("cuda"), progress=show)
     report.skipped.merge(records.skipped)
     summary = {
         "data": records.source,
@@ -60,6 +61,7 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
         f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
         "batch_size": batch_size,
         "workers": workers,
+        "decoder": report.decoder,
         "torch": torch.__version__,
         "skipped": report.skipped.to_dict(),
     }

@@ -1,8 +1,8 @@
-"""The training loop: updates, per-epoch validation, atomic checkpoints and exact resume."""
+"""The training loop: updates, per-epoch validation, atomic checkpoints and exact resume, in one
+process or in several started by torchrun (DistributedDataParallel, see captioner.distributed)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -13,14 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from captioner.config import ExperimentConfig, from_dict
+from captioner import distributed
+from captioner.config import EstimatorConfig, ExperimentConfig, from_dict
+from captioner.data.batching import CaptionBatch, CaptionText
 from captioner.data.datasets import CachedFeatures, CaptionSplit, load_dataset
+from captioner.data.sampler import CaptionSampler, EncodedCaptions, ShardBatch, mix_seed
 from captioner.data.vocabulary import Vocabulary
-from captioner.estimators import ReinforceBaseline, compute_loss
+from captioner.estimators import EstimatorResult, ReinforceBaseline, compute_loss
 from captioner.evaluation import evaluate_split
 from captioner.models.captioner import CaptionModel
+from captioner.models.noise import BatchShare
+from captioner.models import fused
+from captioner.step import make_optimizer, training_update
 
 CHECKPOINT_VERSION = 1
 # Sections that must match between a checkpoint and the config that resumes it.
@@ -35,11 +43,12 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore `_rng_state()`; its byte tensors may have been loaded onto a GPU (map_location)."""
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -48,34 +57,82 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def _normalises_with_batch_statistics(module: nn.Module) -> bool:
+    """True when a BatchNorm layer of `module` normalises with the statistics of its batch while
+    training (small_cnn's do; a pretrained backbone keeps its BatchNorm layers in eval mode)."""
+    was_training = module.training
+    module.train()
+    found = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules() if m.training)
+    module.train(was_training)
+    return found
+
+
+class TrainingObjective(nn.Module):
+    """The training loss as a module whose forward returns it, so that DistributedDataParallel sees
+    the forward pass and averages the gradients of the processes.
+
+    It encodes the images it is given once (those of this process's captions, or every image of the
+    batch for an encoder with batch statistics), gives each caption its image's grid, and scales the
+    share's mean loss by world_size x (share's captions / batch's captions): the averaged gradient is
+    then the gradient of the mean over the whole batch, however the batch was shared out."""
+
+    def __init__(self, model: CaptionModel, estimator: EstimatorConfig, baseline: ReinforceBaseline,
+                 world_size: int = 1):
+        super().__init__()
+        self.model = model
+        self.estimator = estimator
+        self.baseline = baseline
+        self.world_size = world_size
+
+    def forward(self, inputs: torch.Tensor, input_kind: str, image_index: torch.Tensor, text: CaptionText,
+                share: BatchShare) -> EstimatorResult:
+        features = self.model.encode_inputs(inputs, input_kind)[image_index]
+        result = compute_loss(self.model, features, text, self.estimator, self.baseline, share)
+        weight = self.world_size * (share.stop - share.start) / share.total
+        return EstimatorResult(result.loss * weight, result.diagnostics)
+
+
 class Trainer:
     """Trains one model described by an ExperimentConfig, writing everything under `out_dir`:
     log.jsonl (one JSON record per log line and per validation), checkpoints/latest.pt and
-    checkpoints/best.pt (best validation BLEU-4), and config.yaml."""
+    checkpoints/best.pt (best validation BLEU-4), and config.yaml.
+
+    Started by torchrun, each process trains on its share of every batch (the batches are those of
+    one process) and rank 0 alone writes files. The randomness of update s is a pure function of
+    (train.seed, s): the sampled locations are one draw for the whole batch (BatchShare), so they do
+    not depend on the number of processes; dropout draws from the global generator, seeded by
+    (train.seed, s, rank)."""
 
     def __init__(self, config: ExperimentConfig, out_dir: str | Path, resume: bool = False,
                  splits: dict[str, CaptionSplit] | None = None):
         self.config = config
+        t = config.train
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "checkpoints").mkdir(exist_ok=True)
-        self.device = torch.device(config.train.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+        if torch.device(t.device).type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("train.device is 'cuda' but PyTorch sees no CUDA GPU; use --device cpu")
-        torch.manual_seed(config.train.seed)
-        np.random.seed(config.train.seed)
-        random.seed(config.train.seed)
+        self.distributed = distributed.setup(t.device)
+        self.device = self.distributed.device(t.device)
+        if self.distributed.is_main:
+            (self.out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed)
+        random.seed(t.seed)
         self.splits = splits if splits is not None else load_dataset(config.data, config.model)
         train = self.splits["train"]
         self.vocabulary = Vocabulary.build((c for caps in train.captions for c in caps), config.data.min_word_count)
         self.model = CaptionModel(config.model, self.vocabulary, config.data.image_size).to(self.device)
         self._check_feature_cache()
         self._features_to_device()
-        self.optimizer = torch.optim.AdamW(
-            self._parameter_groups(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay,
-            **({"fused": True} if self.device.type == "cuda" else {}),
-        )
-        self.baseline = ReinforceBaseline()
+        fused.use_compiled_kernels(self.device.type == "cuda" and t.compile)
+        self.optimizer = make_optimizer(self._parameter_groups(), t.learning_rate, t.weight_decay, self.device)
+        self.baseline = distributed.AllReducedBaseline() if self.distributed.active else ReinforceBaseline()
+        self.sampler = CaptionSampler(
+            EncodedCaptions.build(train.captions, self.vocabulary, config.data.max_caption_length, self.device),
+            t.batch_size, t.captions_per_image, t.seed, t.length_bucketing, rank=self.distributed.rank,
+            world_size=self.distributed.world_size,
+            shard_images=not _normalises_with_batch_statistics(self.model.encoder))
+        self._noise_generator = torch.Generator(device=self.device)
+        self._host_generator = torch.Generator()
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -84,7 +141,16 @@ class Trainer:
         self.train_seconds = 0.0
         if resume:
             self.load_checkpoint(self.out_dir / "checkpoints" / "latest.pt")
-        config.save(self.out_dir / "config.yaml")
+        if self.distributed.is_main:
+            config.save(self.out_dir / "config.yaml")
+        self.objective: nn.Module = TrainingObjective(self.model, config.estimator, self.baseline,
+                                                      self.distributed.world_size)
+        if self.distributed.active:
+            # Inputs are already on this process's device (device_ids=None leaves them alone). Only
+            # the proposal can be left out of a loss (VAR and soft with a proposal network configured).
+            self.objective = DistributedDataParallel(
+                self.objective, device_ids=None,
+                find_unused_parameters=self.model.proposal is not None and config.estimator.name != "wsram")
 
     def _check_feature_cache(self) -> None:
         """A model must read grids made by its own backbone: same layer, resolution, preprocessing
@@ -94,12 +160,15 @@ class Trainer:
                 split.inputs.cache.check_encoder(self.model.encoder.spec.to_dict(), self.model.backbone_weights_hash)
 
     def _features_to_device(self) -> None:
-        """Cached grids that sit in RAM move to the GPU once, so batches are gathered there."""
+        """Inputs held in RAM (cached grids within the preload limit, the scenes images) move to the
+        GPU once, so that batches are gathered there."""
         if self.device.type != "cuda":
             return
         for split in self.splits.values():
             if isinstance(split.inputs, CachedFeatures) and split.inputs.loaded is not None:
                 split.inputs.loaded = split.inputs.loaded.to(self.device)
+            elif isinstance(split.inputs, torch.Tensor):
+                split.inputs = split.inputs.to(self.device)
 
     def _parameter_groups(self) -> list[dict]:
         """One group, or two when a backbone is fine-tuned (it learns at fine_tune_lr_scale x the rate)."""
@@ -130,8 +199,10 @@ class Trainer:
         }
 
     def save_checkpoint(self, name: str = "latest") -> Path:
+        """Write checkpoints/`name`.pt (rank 0 only; the state is the same in every process)."""
         path = self.out_dir / "checkpoints" / f"{name}.pt"
-        _atomic_torch_save(self.state_dict(), path)
+        if self.distributed.is_main:
+            _atomic_torch_save(self.state_dict(), path)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -158,80 +229,104 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     # ---- training ----------------------------------------------------------------------
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.splits["train"]), generator=generator)
-
     def learning_rate(self, step: int) -> float:
         """The learning rate of update `step` (0-based): a pure function of the step, so resume is exact."""
         t = self.config.train
         if t.lr_schedule == "constant":
             return t.learning_rate
-        total = t.epochs * math.ceil(len(self.splits["train"]) / t.batch_size)
+        total = t.epochs * self.sampler.batches_per_epoch
         progress = min(step / max(total - 1, 1), 1.0)
         return t.learning_rate * (t.final_lr_fraction + (1 - t.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    def _autocast(self):
-        if self.device.type == "cuda" and self.config.train.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _log(self, record: dict) -> None:
-        with open(self.out_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.distributed.is_main:
+            with open(self.out_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
-    def train_step(self, batch) -> dict[str, float]:
+    def _randomness(self, start: int, stop: int, total: int) -> BatchShare:
+        """The randomness of update `self.step`, for rows [start, stop) of a batch of `total`: seeds
+        the global generator that dropout draws from with (seed, step, rank), and returns the
+        generators of sampled locations and of whole-batch decisions, seeded with (seed, step)."""
+        seed = self.config.train.seed
+        torch.manual_seed(mix_seed(seed, self.step, 2, self.distributed.rank))
+        return BatchShare(self._noise_generator.manual_seed(mix_seed(seed, self.step, 0)),
+                          self._host_generator.manual_seed(mix_seed(seed, self.step, 1)), start, stop, total)
+
+    def _update(self, inputs: torch.Tensor, input_kind: str, image_index: torch.Tensor, text: CaptionText,
+                start: int, stop: int, total: int) -> dict[str, torch.Tensor]:
+        """One update from this process's captions [start, stop) of a batch of `total` (on the device):
+        caption n reads the image inputs[image_index[n]]. Returns the statistics, left on the device."""
         t = self.config.train
-        batch = batch.to(self.device)
-        with self._autocast():
-            features = self.model.encode_inputs(batch.inputs, batch.input_kind)[batch.image_index]
-            result = compute_loss(self.model, features, batch.text, self.config.estimator, self.baseline)
-        self.optimizer.zero_grad(set_to_none=True)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step) * group["lr_scale"]
-        result.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for group in self.optimizer.param_groups for p in group["params"]], t.grad_clip)
-        self.optimizer.step()
-        return {"loss": result.loss.detach(), "grad_norm": grad_norm, "learning_rate": torch.tensor(
-            self.optimizer.param_groups[0]["lr"]), **result.diagnostics}
+        stats = training_update(self.model, self.optimizer, inputs, input_kind, image_index, text,
+                                self.config.estimator, self.baseline, t.grad_clip, t.bf16,
+                                self._randomness(start, stop, total), loss_module=self.objective)
+        # training_update reports the loss it backpropagated, this process's scaled share
+        stats["loss"] = stats["loss"] * (total / (self.distributed.world_size * (stop - start)))
+        return stats
+
+    def train_step(self, batch: CaptionBatch) -> dict[str, torch.Tensor]:
+        """One update on a batch built on the CPU (CaptionSplit.batch), e.g. to time updates. With
+        several processes, each passes the same batch and trains on its share of the captions."""
+        batch = batch.to(self.device)
+        rows = self.distributed.share(len(batch.text))
+        return self._update(batch.inputs, batch.input_kind, batch.image_index[rows.start:rows.stop],
+                            batch.text.rows(rows.start, rows.stop), rows.start, rows.stop, len(batch.text))
+
+    def _gather_inputs(self, shard: ShardBatch) -> torch.Tensor:
+        """The model inputs of the shard's images: gathered on the device from inputs resident there,
+        else read (grids from memory-mapped shards, image files) and copied over."""
+        inputs = self.splits["train"].inputs
+        if isinstance(inputs, torch.Tensor) and inputs.device == self.device:
+            return inputs[shard.images]
+        if isinstance(inputs, CachedFeatures) and inputs.loaded is not None and inputs.loaded.device == self.device:
+            return inputs.loaded[shard.images].float()
+        return inputs[shard.host_images].to(self.device, non_blocking=True)
+
+    def _log_record(self, stats: dict[str, torch.Tensor], start: int, stop: int, total: int) -> dict[str, float]:
+        """The statistics of an update over the whole batch: every process's means weighted by its
+        share of the captions and summed. One device-to-host read, every log_every updates."""
+        values = torch.stack([value.to(self.device, torch.float64) for value in stats.values()])
+        values = self.distributed.all_reduce(values * ((stop - start) / total)).tolist()
+        record = dict(zip(stats, values))
+        return {"loss": record.pop("loss"), "grad_norm": record.pop("grad_norm"),
+                "learning_rate": self.optimizer.param_groups[0]["lr"], **record}
 
     def validate(self) -> dict:
         decode = dataclasses.replace(self.config.decode, beam_size=self.config.train.validation_beam_size)
         scores, _ = evaluate_split(self.model, self.splits["val"], decode, self.device,
-                                   self.config.train.validation_samples)
+                                   self.config.train.validation_samples, distributed=self.distributed)
         return scores
 
     def train(self) -> dict:
         """Run until `train.epochs` epochs (or `train.max_steps` updates) are done; return a summary."""
         t = self.config.train
         train = self.splits["train"]
-        batches_per_epoch = math.ceil(len(train) / t.batch_size)
+        show = t.progress_bar and self.distributed.is_main
         self.model.train()
         while self.epoch < t.epochs:
-            order = self._epoch_order(self.epoch)
-            bar = tqdm(total=batches_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                       disable=None if t.progress_bar else True, leave=False)  # None: off when not a terminal
-            while self.batch_in_epoch < batches_per_epoch:
+            plan = self.sampler.plan(self.epoch, self.device)
+            bar = tqdm(total=len(plan), initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                       disable=None if show else True, leave=False)  # None: off when not a terminal
+            while self.batch_in_epoch < len(plan):
                 start = time.perf_counter()
-                indices = order[self.batch_in_epoch * t.batch_size:(self.batch_in_epoch + 1) * t.batch_size]
-                # Which captions of each image: fixed by (seed, step), so a resumed run draws the same.
-                choice = torch.Generator().manual_seed(t.seed * 1_000_003 + 7919 * self.step + 1)
-                batch = train.batch(indices, self.vocabulary, self.config.data.max_caption_length, choice,
-                                    t.captions_per_image)
-                stats = self.train_step(batch)
+                shard = plan.batch(self.batch_in_epoch)
+                stats = self._update(self._gather_inputs(shard), train.input_kind, shard.image_index, shard.text,
+                                     shard.start, shard.stop, shard.total)
                 self.step += 1
                 self.batch_in_epoch += 1
                 self.train_seconds += time.perf_counter() - start
                 bar.update(1)
                 if self.step % t.log_every == 0:
-                    record = {k: float(v) for k, v in stats.items()}
+                    record = self._log_record(stats, shard.start, shard.stop, shard.total)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                     self._log({"type": "train", "step": self.step, "epoch": self.epoch + 1,
                                "train_seconds": self.train_seconds, **record})
-                if t.max_steps and self.step >= t.max_steps and self.batch_in_epoch < batches_per_epoch:
+                if t.max_steps and self.step >= t.max_steps and self.batch_in_epoch < len(plan):
                     bar.close()
                     self.save_checkpoint()
+                    self.distributed.barrier()
                     return self.summary()
             bar.close()
             self.epoch += 1
@@ -249,6 +344,7 @@ class Trainer:
                 self.save_checkpoint("best")
             if t.max_steps and self.step >= t.max_steps:
                 break
+        self.distributed.barrier()  # the checkpoints are written before any process reads them
         return self.summary()
 
     def summary(self) -> dict:

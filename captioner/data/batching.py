@@ -33,6 +33,11 @@ class CaptionText:
         return CaptionText(**{f.name: None if getattr(self, f.name) is None
                               else getattr(self, f.name).repeat_interleave(times, 0) for f in fields(self)})
 
+    def rows(self, start: int, stop: int) -> "CaptionText":
+        """Captions start..stop - 1 (views, no copy)."""
+        return CaptionText(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[start:stop]
+                              for f in fields(self)})
+
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
@@ -54,10 +59,18 @@ def encode_captions(
             kept = list(word_cells[i])[: len(ids) - 1]
             if kept:
                 cells[i, : len(kept)] = torch.tensor(kept)
-    inputs = torch.cat([torch.full((n, 1), vocabulary.bos_id, dtype=torch.long), targets[:, :-1]], 1)
-    inputs[inputs == vocabulary.eos_id] = vocabulary.pad_id
+    return teacher_forcing(targets, vocabulary, word_cells=cells)
+
+
+def teacher_forcing(targets: torch.Tensor, vocabulary: Vocabulary, lengths: torch.Tensor | None = None,
+                    word_cells: torch.Tensor | None = None) -> CaptionText:
+    """CaptionText of padded target ids (N, T) (each caption's ids, <eos>, then <pad>), on their device:
+    inputs are <bos> and the targets shifted right. `lengths` (N,), when known, saves counting them."""
+    bos = torch.full((targets.shape[0], 1), vocabulary.bos_id, dtype=targets.dtype, device=targets.device)
+    inputs = torch.cat([bos, targets[:, :-1]], 1)
+    inputs = inputs.masked_fill(inputs == vocabulary.eos_id, vocabulary.pad_id)
     mask = targets != vocabulary.pad_id
-    return CaptionText(inputs, targets, mask, mask.sum(1), cells)
+    return CaptionText(inputs, targets, mask, mask.sum(1) if lengths is None else lengths, word_cells)
 
 
 @dataclass

@@ -2,37 +2,42 @@
 
 Layout of a cache folder:
 
-    manifest.json          encoder spec, weights hash, storage type, the shard plan, what was skipped
+    manifest.json          encoder spec, weights hash, storage type, the shard plan, what was skipped,
+                           the image decoder used ("pil", "gpu", or "gpu+pil" for a run resumed with the other)
     shard-00000.npy        (n, L, D) float16, or int8 with
     shard-00000.scale.npy  (n, D) float16 per-image, per-channel scales (int8 only): x = q * scale
-    shard-00000.json       the image ids of the rows, and the images of this shard that were skipped
+    shard-00000.json       the image ids of the rows, the images of this shard that were skipped, its decoder
 
 A shard is written to temporary files and renamed, its .json last, so a shard whose .json exists
 is complete; a re-run skips those. RAM stays bounded by one shard whatever the data set size.
 The manifest names the encoder (backbone, layer, resolution, preprocessing, weights hash), and
-`FeatureCache.check_encoder` refuses a model built on anything else.
+`FeatureCache.check_encoder` refuses a model built on anything else. The decoder is a note only:
+PIL and GPU decoding give pixels within about a grey level of each other (captioner.data.gpu_decode),
+so their caches are interchangeable.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from captioner.data.images import ImageReadError, read_image
+from captioner.data.gpu_decode import ReadImage, assemble_batch, read_for_decode_jpeg, read_with_pil
 from captioner.data.records import ImageRecord, SkipReport
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STORAGE_TYPES = ("float16", "int8")
+DECODERS = ("auto", "pil", "gpu")
 
 
 class CacheMismatchError(ValueError):
@@ -90,43 +95,69 @@ class ExtractionReport:
     shards_done: int
     shards_skipped: int
     seconds: float
+    decoder: str
 
     @property
     def images_per_second(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _load_batches(records: Sequence[ImageRecord], image_size: int, batch_size: int, workers: int,
-                  skipped: SkipReport) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Decode images with PIL in `workers` threads (PIL releases the GIL while decoding), yielding
-    (ids, uint8 (n, 3, S, S)); unreadable files are counted in `skipped` and left out."""
+def resolve_decoder(decoder: str, device: str | torch.device) -> str:
+    """"auto" -> "gpu" on a CUDA device, else "pil"; "pil" and "gpu" stay as they are.
 
-    def read(record: ImageRecord):
-        try:
-            return record.image_id, read_image(record.path, image_size)
-        except ImageReadError as error:
-            return record.image_id, error
+    "pil" decodes with PIL on CPU threads; "gpu" decodes JPEGs in batches with torchvision on the
+    extraction device (nvjpeg on CUDA; on a CPU device torchvision's CPU decoder, which tests use)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "auto":
+        return "gpu" if torch.device(device).type == "cuda" else "pil"
+    return decoder
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in range(0, len(records), batch_size):
-            ids, pixels = [], []
-            for image_id, result in pool.map(read, records[start:start + batch_size]):
-                if isinstance(result, ImageReadError):
-                    skipped.add("unreadable image", str(result))
-                    continue
-                ids.append(image_id)
-                pixels.append(torch.from_numpy(result).permute(2, 0, 1))
-            if ids:
-                yield ids, torch.stack(pixels)
+
+def _load_batches(batches: Sequence[tuple[int, Sequence[ImageRecord]]], image_size: int, workers: int,
+                  decoder: str, device: torch.device
+                  ) -> Iterator[tuple[int, list[str], torch.Tensor | None, SkipReport]]:
+    """For each (shard index, records) of `batches`: (shard index, ids, uint8 (n, 3, S, S) or None, skips).
+
+    `workers` threads read the files (and with "pil" decode them; PIL releases the GIL while decoding),
+    each a slice of the batch, the next batch while the caller works on this one, across shard
+    boundaries too: one task per file would spend more time handing the GIL around than reading.
+    With "gpu" the JPEGs are decoded on `device` (see captioner.data.gpu_decode) and the pixels are
+    already there; with "pil" they are on the CPU. Unreadable files are counted in skips and left out."""
+    read = read_for_decode_jpeg if decoder == "gpu" else read_with_pil
+    assemble_on = device if decoder == "gpu" else torch.device("cpu")
+    workers = max(1, workers)
+
+    def read_slice(records: Sequence[ImageRecord]) -> list[ReadImage]:
+        return [read(record.image_id, record.path, image_size) for record in records]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(index: int) -> list[Future]:
+            if index >= len(batches):
+                return []
+            records = batches[index][1]
+            step = -(-len(records) // workers)
+            return [pool.submit(read_slice, records[first:first + step]) for first in range(0, len(records), step)]
+
+        ahead = submit(0)
+        for index, (shard, _) in enumerate(batches):
+            current, ahead = ahead, submit(index + 1)
+            skips = SkipReport()
+            reads = [read for future in current for read in future.result()]
+            ids, pixels = assemble_batch(reads, image_size, assemble_on, skips)
+            yield shard, ids, pixels, skips
 
 
 def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Path, storage: str = "float16",
                      shard_size: int = 1024, batch_size: int = 64, device: str | torch.device = "cpu",
-                     workers: int = 4, bf16: bool = False, progress: Callable[[int, int], None] | None = None
-                     ) -> ExtractionReport:
+                     workers: int = 4, decoder: str = "auto", bf16: bool = False, channels_last: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> ExtractionReport:
     """Run `backbone` on every distinct image of `records` and store the grids under `out_dir`.
 
-    Resumable: shards already complete are skipped, after checking that the folder was made by the
+    `decoder` (see resolve_decoder) is how images are decoded; the manifest notes it, but it is no part
+    of what a cache must match: PIL and GPU decoding give pixels within about a grey level. `bf16`
+    (autocast, CUDA only) and `channels_last` (the backbone's and its inputs' memory layout) are for
+    speed on a GPU and change the features by rounding only. Resumable: shards already complete are skipped, after checking that the folder was made by the
     same encoder, weights, storage type and image list (CacheMismatchError otherwise)."""
     if storage not in STORAGE_TYPES:
         raise ValueError(f"storage must be one of {STORAGE_TYPES}, got {storage!r}")
@@ -135,6 +166,7 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    decoder = resolve_decoder(decoder, device)
     unique: dict[str, ImageRecord] = {}
     for record in records:
         unique.setdefault(record.image_id, record)
@@ -163,28 +195,36 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
                     f"{manifest[key]!r}; use another folder (or delete this one) to make a new cache")
     _write_json(manifest_path, {**manifest, "complete": False})
 
-    backbone = backbone.to(device).eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    backbone = backbone.to(device, memory_format=memory_format).eval()
+    todo = [index for index, name in enumerate(manifest["shards"]) if not (out_dir / f"{name}.json").is_file()]
+    batches = []
+    for index in todo:
+        shard_records = ordered[index * shard_size:(index + 1) * shard_size]
+        batches.extend((index, shard_records[first:first + batch_size])
+                       for first in range(0, len(shard_records), batch_size))
     skipped = SkipReport()
     start = time.perf_counter()
-    written = shards_skipped = 0
-    for index, name in enumerate(manifest["shards"]):
-        if (out_dir / f"{name}.json").is_file():
-            shards_skipped += 1
-            continue
-        shard_records = ordered[index * shard_size:(index + 1) * shard_size]
+    written = 0
+    loaded = _load_batches(batches, spec.image_size, workers, decoder, device)
+    for index, shard_batches in itertools.groupby(loaded, key=lambda batch: batch[0]):
+        name = manifest["shards"][index]
         shard_skips = SkipReport()
         ids, grids, scales = [], [], []
-        for batch_ids, pixels in _load_batches(shard_records, spec.image_size, batch_size, workers, shard_skips):
+        for _, batch_ids, pixels, batch_skips in shard_batches:
+            shard_skips.merge(batch_skips)
+            if pixels is None:
+                continue
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                         enabled=bf16 and device.type == "cuda"):
-                grid = backbone(backbone.preprocess(pixels.to(device, non_blocking=True)))
-            grid = grid.float().cpu().numpy()
+                inputs = backbone.preprocess(pixels.to(device, non_blocking=True))
+                grid = backbone(inputs.contiguous(memory_format=memory_format))
             if storage == "int8":
-                q, scale = quantize_int8(grid)
+                q, scale = quantize_int8(grid.float().cpu().numpy())
                 grids.append(q)
                 scales.append(scale)
             else:
-                grids.append(grid.astype(np.float16))
+                grids.append(grid.to(torch.float16).cpu().numpy())  # half the bytes to copy, no CPU conversion
             ids.extend(batch_ids)
             if progress is not None:
                 progress(written + len(ids), len(ordered))
@@ -194,22 +234,25 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
         if storage == "int8":
             scale_array = np.concatenate(scales) if scales else np.zeros((0, spec.channels), np.float16)
             _save_npy(out_dir / f"{name}.scale.npy", scale_array)
-        _write_json(out_dir / f"{name}.json", {"image_ids": ids, "skipped": shard_skips.to_dict()})
+        _write_json(out_dir / f"{name}.json", {"image_ids": ids, "skipped": shard_skips.to_dict(), "decoder": decoder})
         skipped.merge(shard_skips)
         written += len(ids)
     seconds = time.perf_counter() - start
 
     # The manifest's skip count covers all shards, also those of earlier runs.
+    shards = [json.loads((out_dir / f"{name}.json").read_text()) for name in manifest["shards"]]
     total_skips = SkipReport()
-    for name in manifest["shards"]:
-        shard = json.loads((out_dir / f"{name}.json").read_text())
+    for shard in shards:
         for reason, count in shard["skipped"]["counts"].items():
             total_skips.counts[reason] += count
             total_skips.examples.setdefault(reason, []).extend(shard["skipped"]["examples"].get(reason, []))
-    stored = sum(len(json.loads((out_dir / f"{n}.json").read_text())["image_ids"]) for n in manifest["shards"])
-    _write_json(manifest_path, {**manifest, "complete": True, "images_stored": stored, "skipped": total_skips.to_dict()})
-    return ExtractionReport(len(ordered), written, skipped, len(manifest["shards"]) - shards_skipped, shards_skipped,
-                            seconds)
+    stored = sum(len(shard["image_ids"]) for shard in shards)
+    # A note, not checked on resume or use: shards made before decoders were recorded were decoded by PIL.
+    decoders = "+".join(sorted({shard.get("decoder", "pil") for shard in shards}))
+    _write_json(manifest_path, {**manifest, "complete": True, "images_stored": stored, "skipped": total_skips.to_dict(),
+                                "decoder": decoders})
+    return ExtractionReport(len(ordered), written, skipped, len(todo), len(manifest["shards"]) - len(todo), seconds,
+                            decoder)
 
 
 class FeatureCache:
@@ -284,4 +327,4 @@ class FeatureCache:
 
 
 __all__ = ["CacheMismatchError", "ExtractionReport", "FeatureCache", "extract_features", "quantize_int8",
-           "dequantize_int8", "STORAGE_TYPES"]
+           "dequantize_int8", "resolve_decoder", "DECODERS", "STORAGE_TYPES"]

@@ -19,6 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from captioner.models.fused import additive_scores, target_log_probs
+from captioner.models.noise import BatchShare
+
 
 @dataclass
 class DecoderOutput:
@@ -29,9 +32,13 @@ class DecoderOutput:
     hidden: torch.Tensor | None = None  # (N, T, H): h_1..h_T
 
 
-def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One sample from softmax(logits) along the last dimension (Gumbel-max trick)."""
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | BatchShare | None = None) -> torch.Tensor:
+    """One sample from softmax(logits) along the last dimension (Gumbel-max trick). With a BatchShare
+    the noise is this process's rows of one draw for the whole batch."""
+    if isinstance(generator, BatchShare):
+        uniform = generator.uniform(logits.shape, logits.device)
+    else:
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
     return (logits.detach().double() + gumbel).argmax(-1)
 
@@ -42,6 +49,17 @@ def gather_locations(features: torch.Tensor, locations: torch.Tensor) -> torch.T
     flat = locations.reshape(n, -1)
     glimpses = features.gather(1, flat.unsqueeze(-1).expand(-1, -1, d))
     return glimpses.reshape(*locations.shape, d)
+
+
+def gather_rows(features: torch.Tensor, rows: torch.Tensor | None, locations: torch.Tensor) -> torch.Tensor:
+    """features (M, L, D) of M images, rows (N,) the image of each sequence (None: M = N),
+    locations (N, T) -> glimpses (N, T, D) = features[rows[n], locations[n, t]], without first
+    copying each image's grid once per sequence."""
+    if rows is None:
+        return gather_locations(features, locations)
+    m, l, d = features.shape
+    flat = (rows.unsqueeze(1) * l + locations).reshape(-1)
+    return features.reshape(m * l, d).index_select(0, flat).reshape(*locations.shape, d)
 
 
 # A sequential proposal: (step t, h_{t-1} (N, H), prior log-probs (N, L)) -> proposal log-probs (N, L).
@@ -129,18 +147,24 @@ class AttentionDecoder(nn.Module):
 
     # ---- fused layout ------------------------------------------------------------------
     def forward_given_locations(
-        self, features: torch.Tensor, inputs: torch.Tensor, locations: torch.Tensor
+        self, features: torch.Tensor, inputs: torch.Tensor, locations: torch.Tensor,
+        rows: torch.Tensor | None = None,
     ) -> DecoderOutput:
-        """Teacher forcing with all locations known. features (N, L, D), inputs (N, T) = y_0..y_{T-1},
-        locations (N, T). One LSTM call over the sequence; prior logits for all t in one op."""
+        """Teacher forcing with all locations known. features (M, L, D), inputs (N, T) = y_0..y_{T-1},
+        locations (N, T); rows (N,) the image of each sequence (None: M = N). One LSTM call over
+        the sequence; prior logits for all t in one op. Per-image work (the feature half of the
+        attention, h_0 and c_0) runs once per image however many sequences read it."""
         if self.soft:
             raise ValueError("soft attention has no locations; use forward_stepwise(mode='soft')")
         embedded = self.embedding_dropout(self.embedding(inputs))
-        glimpses = gather_locations(features, locations)
+        glimpses = gather_rows(features, rows, locations)
         h0, c0 = self.initial_state(features)
+        if rows is not None:
+            h0, c0 = h0.index_select(0, rows), c0.index_select(0, rows)
         hidden, _ = self.lstm(torch.cat([embedded, glimpses], -1), (h0.unsqueeze(0), c0.unsqueeze(0)))
-        previous = torch.cat([h0.unsqueeze(1), hidden[:, :-1]], 1)  # h_0..h_{T-1}
-        attention = self.attention_logits(self.project_features(features), previous)
+        previous = torch.cat([h0.unsqueeze(1).to(hidden.dtype), hidden[:, :-1]], 1)  # h_0..h_{T-1}
+        attention = additive_scores(self.project_features(features), self.attend_hidden(previous),
+                                    self.attend_score.weight[0], self.attend_score.bias[0], rows)
         return DecoderOutput(self.word_logits(embedded, hidden, glimpses), attention, locations, hidden=hidden)
 
     # ---- step-by-step layout -----------------------------------------------------------
@@ -241,7 +265,7 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
 
 def word_log_probs(word_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(y_t | ...) of the target words: (N, T, V), (N, T) -> (N, T)."""
-    return log_softmax(word_logits).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return target_log_probs(word_logits, targets)
 
 
 def location_log_probs(attention_logits: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:

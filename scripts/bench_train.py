@@ -1,0 +1,250 @@
+"""Training throughput: caption-samples per second of the full update, and its peak GPU memory.
+
+    python scripts/bench_train.py --out eval/bench/h200 [--flickr8k ../shared/data/flickr8k]
+
+A benchmark, not a test. For two shapes,
+- `flickr8k`: the model of eval/flickr8k/wsram.yaml (EfficientNet-Lite0 block15 grids, 7x7x320;
+  feature 512, hidden 1024, embedding/attention 512, proposal reader 256; vocabulary 2,543),
+  32 images x 5 captions an update; caption lengths drawn from the real training captions when
+  --flickr8k points at the data (otherwise every caption is 16 words long, the worst case);
+- `coco`: COCO-like sizes (ResNet-101 grids at 448 px, 14x14x2048 -> L = 196, D = 512, H = 1024,
+  embedding/attention 512, V = 10,000, T = 16), 1,600 caption-samples an update (WS-RAM: 320
+  captions x K = 5; VAR and soft: 1,600 captions),
+it times the whole update (proposal, sampling, decoder, prior, loss, backward, clipping, fused
+AdamW; `captioner.step.training_update`, the Trainer's own) on cached grids resident on the GPU:
+- `wsram-fast`: WS-RAM K = 5, fused layout, bf16, torch.compile'd attention and word scores;
+- `wsram-eager`: the same without torch.compile;
+- `wsram-stepwise`: the per-step reference loop of the same model (the decoder run word by word,
+  as REINFORCE must; eager, bf16), in the same process so that the ratio is on one card;
+- `var` and `soft`: the baselines (inherently step by step; eager, bf16).
+Each variant runs `--warmup` untimed updates (compilation included) then `--updates` timed ones
+between CUDA events. Writes results.json and table.txt under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from captioner.config import load_config  # noqa: E402
+from captioner.data.batching import CaptionText  # noqa: E402
+from captioner.data.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from captioner.estimators import ReinforceBaseline  # noqa: E402
+from captioner.models import fused  # noqa: E402
+from captioner.models.captioner import CaptionModel  # noqa: E402
+from captioner.step import make_optimizer, training_update  # noqa: E402
+
+FLICKR8K_CONFIG = REPO / "eval" / "flickr8k" / "wsram.yaml"
+
+
+@dataclasses.dataclass
+class Shape:
+    name: str
+    overrides: list[str]
+    vocabulary_size: int
+    images: int  # per update
+    captions_per_image: int  # WS-RAM
+    samples_per_update: int  # caption-samples an update, every estimator
+    max_words: int
+    backbone_channels: int
+    locations: int
+
+
+SHAPES = {
+    "flickr8k": Shape("flickr8k", [], 2543, 32, 5, 800, 16, 320, 49),
+    "coco": Shape("coco", ["model.encoder.name=resnet101", "model.encoder.layer=layer4",
+                           "model.encoder.image_size=448", "model.encoder.pretrained=false",
+                           "model.proposal_hidden_dim=512"], 10_000, 64, 5, 1600, 15, 2048, 196),
+}
+
+
+def caption_lengths(flickr8k_root: str | None, max_words: int) -> torch.Tensor | None:
+    """Word counts (PTB tokens, cut at max_words) of the real Flickr8k training captions, read from
+    Flickr8k_text/ alone (the images need not be there), or None."""
+    if not flickr8k_root:
+        return None
+    from captioner.data.vocabulary import tokenize
+
+    text = Path(flickr8k_root) / "Flickr8k_text"
+    train = set((text / "Flickr_8k.trainImages.txt").read_text().split())
+    lengths = []
+    for line in (text / "Flickr8k.token.txt").read_text().splitlines():
+        name, _, caption = line.partition("\t")
+        if name.split("#")[0] in train:
+            lengths.append(min(len(tokenize(caption)), max_words))
+    return torch.tensor(lengths)
+
+
+def make_text(captions: int, max_words: int, vocabulary_size: int, pool: torch.Tensor | None,
+              generator: torch.Generator, device: torch.device) -> CaptionText:
+    """Random word ids with real (or maximal) lengths, then <eos>, padded to the longest."""
+    words = (torch.full((captions,), max_words) if pool is None
+             else pool[torch.randint(len(pool), (captions,), generator=generator)])
+    steps = int(words.max()) + 1
+    targets = torch.randint(len(SPECIAL_TOKENS), vocabulary_size, (captions, steps), generator=generator)
+    position = torch.arange(steps)
+    targets[position == words.unsqueeze(1)] = 2  # <eos>
+    targets[position > words.unsqueeze(1)] = 0  # <pad>
+    inputs = torch.cat([torch.ones(captions, 1, dtype=torch.long), targets[:, :-1]], 1)
+    inputs[inputs == 2] = 0
+    mask = targets != 0
+    return CaptionText(inputs, targets, mask, mask.sum(1)).to(device)
+
+
+def run_variant(shape: Shape, variant: str, args, lengths_pool, device) -> dict:
+    estimator = {"wsram-fast": "wsram", "wsram-eager": "wsram", "wsram-stepwise": "wsram"}.get(variant, variant)
+    overrides = shape.overrides + [f"estimator.name={estimator}", "train.device=cuda" if device.type == "cuda"
+                                   else "train.device=cpu", "model.encoder.pretrained=false"]
+    if variant == "wsram-stepwise":
+        overrides.append("estimator.layout=stepwise")
+    if estimator == "soft":
+        overrides += ["model.attention=soft", "model.proposal=none"]
+    if estimator == "var":
+        overrides.append("model.proposal=none")
+    config = load_config(str(FLICKR8K_CONFIG), overrides)
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = Vocabulary(list(SPECIAL_TOKENS) + [f"w{i}" for i in range(shape.vocabulary_size - 4)])
+    torch.manual_seed(0)
+    model = CaptionModel(config.model, vocabulary, 224, pretrained_backbone=False).to(device)
+    model.train()
+    optimizer = make_optimizer([{"params": [p for n, p in model.named_parameters()
+                                            if p.requires_grad and not n.startswith("encoder.backbone")]}],
+                               1e-4, 0.0, device)
+    samples = config.estimator.samples if estimator == "wsram" else 1
+    captions = shape.samples_per_update // samples
+    images = max(captions // shape.captions_per_image, 1)
+    # A resident pool of cached grids (fp16, as the feature cache stores them), batches gathered on the GPU.
+    pool = torch.randn(args.pool_images, shape.locations, shape.backbone_channels, generator=generator,
+                       dtype=torch.float32).to(device, torch.float16)
+    batches = []
+    for _ in range(4):
+        text = make_text(captions, shape.max_words, shape.vocabulary_size, lengths_pool, generator, device)
+        image_ids = torch.randint(args.pool_images, (images,), generator=generator).to(device)
+        rows = torch.arange(images, device=device).repeat_interleave(shape.captions_per_image)[:captions]
+        if len(rows) < captions:
+            rows = torch.arange(captions, device=device) % images
+        batches.append((image_ids, rows, text))
+    baseline = ReinforceBaseline()
+    cuda_generator = torch.Generator(device=device).manual_seed(0)
+
+    def update(i: int) -> dict:
+        image_ids, rows, text = batches[i % len(batches)]
+        inputs = pool.index_select(0, image_ids).float()
+        return training_update(model, optimizer, inputs, "features", rows, text, config.estimator, baseline,
+                               grad_clip=5.0, bf16=True, generator=cuda_generator)
+
+    with fused.compiled_kernels(variant == "wsram-fast" and device.type == "cuda"):
+        start = time.perf_counter()
+        for i in range(args.warmup):
+            stats = update(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        warmup_seconds = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+        start = time.perf_counter()
+        for i in range(args.updates):
+            stats = update(i)
+        if device.type == "cuda":
+            end.record()
+            torch.cuda.synchronize(device)
+            seconds = begin.elapsed_time(end) / 1000.0
+        else:
+            seconds = time.perf_counter() - start
+    if args.profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with fused.compiled_kernels(variant == "wsram-fast"), profile(activities=[ProfilerActivity.CPU,
+                                                                                   ProfilerActivity.CUDA]) as prof:
+            for i in range(3):
+                update(i)
+            torch.cuda.synchronize(device)
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+        (Path(args.out) / f"profile-{shape.name}-{variant}.txt").write_text(table)
+    mean_words = sum(float(b[2].lengths.float().mean()) for b in batches) / len(batches)
+    return {
+        "shape": shape.name, "variant": variant, "estimator": estimator, "layout": config.estimator.layout,
+        "compiled": variant == "wsram-fast" and device.type == "cuda",
+        "captions_per_update": captions, "samples_per_caption": samples,
+        "caption_samples_per_update": captions * samples, "images_per_update": images,
+        "mean_steps_per_caption": mean_words, "updates": args.updates,
+        "seconds_per_update": seconds / args.updates,
+        "caption_samples_per_second": captions * samples * args.updates / seconds,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "warmup_seconds": warmup_seconds, "final_loss": float(stats["loss"]),
+        "vocabulary": shape.vocabulary_size, "locations": shape.locations,
+        "hidden_dim": config.model.hidden_dim, "feature_dim": config.model.encoder.feature_dim,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shapes", default="flickr8k,coco")
+    parser.add_argument("--variants", default="wsram-fast,wsram-eager,wsram-stepwise,var,soft")
+    parser.add_argument("--flickr8k", default=None, help="Flickr8k root, for real caption lengths")
+    parser.add_argument("--updates", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--pool-images", type=int, default=1024)
+    parser.add_argument("--profile", action="store_true", help="write a torch.profiler table per variant")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(1)
+    results = []
+    lines = []
+    header = (f"{'shape':9} {'variant':15} {'samples/update':>14} {'ms/update':>10} {'caption-samples/s':>18} "
+              f"{'peak GiB':>9} {'vs stepwise':>11}")
+    print(header, flush=True)
+    lines.append(header)
+    for shape_name in args.shapes.split(","):
+        shape = SHAPES[shape_name]
+        pool = caption_lengths(args.flickr8k, shape.max_words) if shape_name == "flickr8k" else None
+        reference = None
+        shape_results = []
+        for variant in args.variants.split(","):
+            result = run_variant(shape, variant, args, pool, device)
+            result["caption_lengths"] = "real Flickr8k training captions" if pool is not None else f"all {shape.max_words} words"
+            shape_results.append(result)
+            if variant == "wsram-stepwise":
+                reference = result["caption_samples_per_second"]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for result in shape_results:
+            result["ratio_to_stepwise_reference"] = (result["caption_samples_per_second"] / reference
+                                                     if reference else None)
+            ratio = f"{result['ratio_to_stepwise_reference']:.2f}x" if reference else "-"
+            memory = f"{result['peak_memory_gib']:.2f}" if result["peak_memory_gib"] is not None else "-"
+            line = (f"{shape_name:9} {result['variant']:15} {result['caption_samples_per_update']:>14} "
+                    f"{1000 * result['seconds_per_update']:>10.2f} {result['caption_samples_per_second']:>18,.0f} "
+                    f"{memory:>9} {ratio:>11}")
+            print(line, flush=True)
+            lines.append(line)
+        results.extend(shape_results)
+    record = {
+        "command": " ".join(["python"] + sys.argv),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "results": results,
+    }
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    (out / "table.txt").write_text("\n".join([f"# {record['command']}", f"# {record['device']}, torch "
+                                              f"{record['torch']}, CUDA {record['cuda']}"] + lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -72,7 +72,8 @@ class TrainingObjective(nn.Module):
     the forward pass and averages the gradients of the processes.
 
     It encodes the images it is given once (those of this process's captions, or every image of the
-    batch for an encoder with batch statistics), gives each caption its image's grid, and scales the
+    batch for an encoder with batch statistics), passes one grid per image with each caption's image
+    index (the fused layout never copies a grid per caption), and scales the
     share's mean loss by world_size x (share's captions / batch's captions): the averaged gradient is
     then the gradient of the mean over the whole batch, however the batch was shared out."""
 
@@ -86,8 +87,8 @@ class TrainingObjective(nn.Module):
 
     def forward(self, inputs: torch.Tensor, input_kind: str, image_index: torch.Tensor, text: CaptionText,
                 share: BatchShare) -> EstimatorResult:
-        features = self.model.encode_inputs(inputs, input_kind)[image_index]
-        result = compute_loss(self.model, features, text, self.estimator, self.baseline, share)
+        features = self.model.encode_inputs(inputs, input_kind)
+        result = compute_loss(self.model, features, text, self.estimator, self.baseline, share, image_index)
         weight = self.world_size * (share.stop - share.start) / share.total
         return EstimatorResult(result.loss * weight, result.diagnostics)
 

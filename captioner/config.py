@@ -154,9 +154,13 @@ class TrainConfig:
     # Sort the captions of every 100 batches by length before cutting them into batches (the batches
     # then come in a random order), so that a batch pads to a short maximum length.
     length_bucketing: bool = True
-    # On CUDA, run the attention scores and word log-probabilities through torch.compile
-    # (captioner/models/fused.py): same numbers, far less memory traffic. Ignored on the CPU.
+    # On CUDA, run the attention scores through compiled kernels and the word log-probabilities
+    # through torch.compile (captioner/models/fused.py): same numbers, far less memory traffic.
+    # Ignored on the CPU.
     compile: bool = True
+    # Which compiled kernels the attention scores use: "triton" (hand-written forward and backward,
+    # captioner/models/attention_kernels.py) or "inductor" (torch.compile'd reductions).
+    attention_kernel: Literal["triton", "inductor"] = "triton"
     learning_rate: float = 5e-3
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decay to final_lr_fraction at the end
     final_lr_fraction: float = 0.05

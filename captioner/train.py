@@ -124,7 +124,7 @@ class Trainer:
         self.model = CaptionModel(config.model, self.vocabulary, config.data.image_size).to(self.device)
         self._check_feature_cache()
         self._features_to_device()
-        fused.use_compiled_kernels(self.device.type == "cuda" and t.compile)
+        fused.use_compiled_kernels(self.device.type == "cuda" and t.compile, t.attention_kernel)
         self.optimizer = make_optimizer(self._parameter_groups(), t.learning_rate, t.weight_decay, self.device)
         self.baseline = distributed.AllReducedBaseline() if self.distributed.active else ReinforceBaseline()
         self.sampler = CaptionSampler(

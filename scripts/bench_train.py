@@ -12,13 +12,20 @@ A benchmark, not a test. For two shapes,
   captions x K = 5; VAR and soft: 1,600 captions),
 it times the whole update (proposal, sampling, decoder, prior, loss, backward, clipping, fused
 AdamW; `captioner.step.training_update`, the Trainer's own) on cached grids resident on the GPU:
-- `wsram-fast`: WS-RAM K = 5, fused layout, bf16, torch.compile'd attention and word scores;
+- `wsram-fast`: WS-RAM K = 5, fused layout, bf16, Triton attention kernels
+  (captioner/models/attention_kernels.py) and torch.compile'd word scores (the Trainer's default);
+- `wsram-inductor`: the same with the attention scores as torch.compile'd reductions instead;
 - `wsram-eager`: the same without torch.compile;
 - `wsram-stepwise`: the per-step reference loop of the same model (the decoder run word by word,
   as REINFORCE must; eager, bf16), in the same process so that the ratio is on one card;
 - `var` and `soft`: the baselines (inherently step by step; eager, bf16).
 Each variant runs `--warmup` untimed updates (compilation included) then `--updates` timed ones
 between CUDA events. Writes results.json and table.txt under --out.
+
+Started by torchrun (`torchrun --standalone --nproc-per-node 2 scripts/bench_train.py ...`), every
+process takes the update above as its share (weak scaling: the global batch is N times the one-GPU
+batch), through the Trainer's own DistributedDataParallel objective and batch sharing, and rank 0
+reports the caption-samples per second of the whole group.
 """
 
 from __future__ import annotations
@@ -36,13 +43,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from captioner import distributed  # noqa: E402
 from captioner.config import load_config  # noqa: E402
 from captioner.data.batching import CaptionText  # noqa: E402
 from captioner.data.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 from captioner.estimators import ReinforceBaseline  # noqa: E402
 from captioner.models import fused  # noqa: E402
 from captioner.models.captioner import CaptionModel  # noqa: E402
+from captioner.models.noise import BatchShare  # noqa: E402
 from captioner.step import make_optimizer, training_update  # noqa: E402
+from captioner.train import TrainingObjective  # noqa: E402
 
 FLICKR8K_CONFIG = REPO / "eval" / "flickr8k" / "wsram.yaml"
 
@@ -101,9 +113,13 @@ def make_text(captions: int, max_words: int, vocabulary_size: int, pool: torch.T
     return CaptionText(inputs, targets, mask, mask.sum(1)).to(device)
 
 
-def run_variant(shape: Shape, variant: str, args, lengths_pool, device) -> dict:
-    estimator = {"wsram-fast": "wsram", "wsram-eager": "wsram", "wsram-stepwise": "wsram"}.get(variant, variant)
-    overrides = shape.overrides + [f"estimator.name={estimator}", "train.device=cuda" if device.type == "cuda"
+def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: distributed.Distributed) -> dict:
+    estimator = "wsram" if variant.startswith("wsram") else variant
+    compiled = variant in ("wsram-fast", "wsram-inductor") and device.type == "cuda"
+    attention_kernel = "inductor" if variant == "wsram-inductor" else "triton"
+    if args.samples_per_update:
+        shape = dataclasses.replace(shape, samples_per_update=args.samples_per_update)
+    overrides = shape.overrides + list(args.set) + [f"estimator.name={estimator}", "train.device=cuda" if device.type == "cuda"
                                    else "train.device=cpu", "model.encoder.pretrained=false"]
     if variant == "wsram-stepwise":
         overrides.append("estimator.layout=stepwise")
@@ -134,21 +150,31 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device) -> dict:
         if len(rows) < captions:
             rows = torch.arange(captions, device=device) % images
         batches.append((image_ids, rows, text))
-    baseline = ReinforceBaseline()
+    baseline = distributed.AllReducedBaseline() if place.active else ReinforceBaseline()
     cuda_generator = torch.Generator(device=device).manual_seed(0)
+    host_generator = torch.Generator().manual_seed(0)
+    objective = None
+    if place.active:  # the Trainer's objective and sharing: this process's captions of a global batch
+        objective = DistributedDataParallel(TrainingObjective(model, config.estimator, baseline, place.world_size),
+                                            device_ids=None)
 
     def update(i: int) -> dict:
         image_ids, rows, text = batches[i % len(batches)]
         inputs = pool.index_select(0, image_ids).float()
+        randomness = cuda_generator
+        if objective is not None:
+            randomness = BatchShare(cuda_generator, host_generator, place.rank * captions,
+                                    (place.rank + 1) * captions, place.world_size * captions)
         return training_update(model, optimizer, inputs, "features", rows, text, config.estimator, baseline,
-                               grad_clip=5.0, bf16=True, generator=cuda_generator)
+                               grad_clip=5.0, bf16=True, generator=randomness, loss_module=objective)
 
-    with fused.compiled_kernels(variant == "wsram-fast" and device.type == "cuda"):
+    with fused.compiled_kernels(compiled, attention_kernel):
         start = time.perf_counter()
         for i in range(args.warmup):
             stats = update(i)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        place.barrier()
         warmup_seconds = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -163,10 +189,10 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device) -> dict:
             seconds = begin.elapsed_time(end) / 1000.0
         else:
             seconds = time.perf_counter() - start
-    if args.profile and device.type == "cuda":
+    if args.profile and device.type == "cuda" and not place.active:
         from torch.profiler import ProfilerActivity, profile
 
-        with fused.compiled_kernels(variant == "wsram-fast"), profile(activities=[ProfilerActivity.CPU,
+        with fused.compiled_kernels(compiled, attention_kernel), profile(activities=[ProfilerActivity.CPU,
                                                                                    ProfilerActivity.CUDA]) as prof:
             for i in range(3):
                 update(i)
@@ -176,12 +202,13 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device) -> dict:
     mean_words = sum(float(b[2].lengths.float().mean()) for b in batches) / len(batches)
     return {
         "shape": shape.name, "variant": variant, "estimator": estimator, "layout": config.estimator.layout,
-        "compiled": variant == "wsram-fast" and device.type == "cuda",
+        "compiled": compiled, "attention_kernel": attention_kernel if compiled else "eager",
         "captions_per_update": captions, "samples_per_caption": samples,
-        "caption_samples_per_update": captions * samples, "images_per_update": images,
+        "caption_samples_per_update": captions * samples * place.world_size, "images_per_update": images,
+        "processes": place.world_size, "caption_samples_per_update_per_process": captions * samples,
         "mean_steps_per_caption": mean_words, "updates": args.updates,
         "seconds_per_update": seconds / args.updates,
-        "caption_samples_per_second": captions * samples * args.updates / seconds,
+        "caption_samples_per_second": captions * samples * place.world_size * args.updates / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "warmup_seconds": warmup_seconds, "final_loss": float(stats["loss"]),
         "vocabulary": shape.vocabulary_size, "locations": shape.locations,
@@ -189,27 +216,47 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device) -> dict:
     }
 
 
+def write_records(out: Path, results: list[dict], lines: list[str], place: distributed.Distributed,
+                  device: torch.device) -> None:
+    launcher = f"torchrun --nproc-per-node {place.world_size}" if distributed.launched_by_torchrun() else "python"
+    record = {
+        "command": " ".join([launcher] + sys.argv),
+        "processes": place.world_size,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "results": results,
+    }
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    (out / "table.txt").write_text("\n".join([f"# {record['command']}", f"# {record['device']}, torch "
+                                              f"{record['torch']}, CUDA {record['cuda']}"] + lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--shapes", default="flickr8k,coco")
-    parser.add_argument("--variants", default="wsram-fast,wsram-eager,wsram-stepwise,var,soft")
+    parser.add_argument("--variants", default="wsram-fast,wsram-inductor,wsram-eager,wsram-stepwise,var,soft")
     parser.add_argument("--flickr8k", default=None, help="Flickr8k root, for real caption lengths")
     parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--pool-images", type=int, default=1024)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every variant (e.g. model.hidden_dim=64 for a smoke run)")
+    parser.add_argument("--samples-per-update", type=int, help="caption-samples an update (default: the shape's)")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler table per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    place = distributed.setup(args.device)
+    device = place.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    say = print if place.is_main else (lambda *a, **k: None)
     generator = torch.Generator().manual_seed(1)
     results = []
     lines = []
     header = (f"{'shape':9} {'variant':15} {'samples/update':>14} {'ms/update':>10} {'caption-samples/s':>18} "
               f"{'peak GiB':>9} {'vs stepwise':>11}")
-    print(header, flush=True)
+    say(header, flush=True)
     lines.append(header)
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
@@ -217,7 +264,14 @@ def main() -> None:
         reference = None
         shape_results = []
         for variant in args.variants.split(","):
-            result = run_variant(shape, variant, args, pool, device)
+            try:
+                result = run_variant(shape, variant, args, pool, device, place)
+            except Exception as error:  # one failing variant must not lose the others' numbers
+                if place.active:
+                    raise
+                say(f"{shape_name:9} {variant:15} FAILED: {type(error).__name__}: {error}", flush=True)
+                results.append({"shape": shape_name, "variant": variant, "error": f"{type(error).__name__}: {error}"})
+                continue
             result["caption_lengths"] = "real Flickr8k training captions" if pool is not None else f"all {shape.max_words} words"
             shape_results.append(result)
             if variant == "wsram-stepwise":
@@ -232,18 +286,12 @@ def main() -> None:
             line = (f"{shape_name:9} {result['variant']:15} {result['caption_samples_per_update']:>14} "
                     f"{1000 * result['seconds_per_update']:>10.2f} {result['caption_samples_per_second']:>18,.0f} "
                     f"{memory:>9} {ratio:>11}")
-            print(line, flush=True)
+            say(line, flush=True)
             lines.append(line)
         results.extend(shape_results)
-    record = {
-        "command": " ".join(["python"] + sys.argv),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "results": results,
-    }
-    (out / "results.json").write_text(json.dumps(record, indent=1))
-    (out / "table.txt").write_text("\n".join([f"# {record['command']}", f"# {record['device']}, torch "
-                                              f"{record['torch']}, CUDA {record['cuda']}"] + lines) + "\n")
+        if place.is_main:  # after every shape, so that a run cut short keeps what it measured
+            write_records(out, results, lines, place, device)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ Two parts of a step touch tensors far larger than their inputs and outputs:
 - the target words' log-probabilities, whose eager form materialises log_softmax over (N, T, V).
 
 Each is one small function of tensors. Eagerly it runs as plain PyTorch; after
-`use_compiled_kernels(True)` (the trainer does this on a GPU when `train.compile` is on) it runs
-through `torch.compile`, which turns the first into one reduction kernel that never stores the
-(N, T, L, A) tensor (the backward recomputes the tanh) and the second into a log-sum-exp and a
-gather. Both forms compute the same function; tests/test_fast_path.py checks them against each other.
+`use_compiled_kernels(True)` (the trainer does this on a GPU when `train.compile` is on) the
+attention scores run as two hand-written Triton kernels (`attention_kernels`, the default; or, with
+`attention="inductor"`, as separate `torch.compile`d reductions that recompute the tanh), neither of
+which stores the (N, T, L, A) tensor, and the word scores run through `torch.compile` as a
+log-sum-exp and a gather. All forms compute the same function; tests/test_fast_path.py and
+tests/test_attention_kernels.py check them against each other.
 """
 
 from __future__ import annotations
@@ -20,25 +22,33 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.nn import functional as F
 
+from captioner.models import attention_kernels
+
 _compiled: dict[str, Callable] = {}
 _enabled = False
+_attention = "triton"
+ATTENTION_KERNELS = ("triton", "inductor")
 
 
-def use_compiled_kernels(enabled: bool) -> None:
-    """Route `additive_scores` and `target_log_probs` through torch.compile (True) or eager PyTorch."""
-    global _enabled
-    _enabled = enabled
+def use_compiled_kernels(enabled: bool, attention: str = "triton") -> None:
+    """Route `additive_scores` and `target_log_probs` through compiled kernels (True) or eager
+    PyTorch. `attention`: "triton" (the hand-written kernels, where Triton can run: CUDA) or
+    "inductor" (torch.compile'd reductions)."""
+    global _enabled, _attention
+    if attention not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, got {attention!r}")
+    _enabled, _attention = enabled, attention
 
 
 @contextlib.contextmanager
-def compiled_kernels(enabled: bool = True) -> Iterator[None]:
-    """`use_compiled_kernels(enabled)` inside the block, the previous setting after it."""
-    previous = _enabled
-    use_compiled_kernels(enabled)
+def compiled_kernels(enabled: bool = True, attention: str = "triton") -> Iterator[None]:
+    """`use_compiled_kernels(enabled, attention)` inside the block, the previous setting after it."""
+    previous = (_enabled, _attention)
+    use_compiled_kernels(enabled, attention)
     try:
         yield
     finally:
-        use_compiled_kernels(previous)
+        use_compiled_kernels(*previous)
 
 
 def _dispatch(name: str, function: Callable) -> Callable:
@@ -116,6 +126,9 @@ def additive_scores(projected: torch.Tensor, query: torch.Tensor, weight: torch.
         return _additive_scores(projected, query, weight, bias, rows)
     if rows is None:
         rows = torch.arange(query.shape[0], device=query.device)
+    if _attention == "triton" and attention_kernels.available(query.device):
+        return attention_kernels.TritonAdditiveScores.apply(projected.contiguous(), query.contiguous(), weight,
+                                                            bias, rows)
     return _CompiledAdditiveScores.apply(projected.contiguous(), query.contiguous(), weight, bias, rows)
 
 

@@ -103,6 +103,7 @@ def command_extract(args: argparse.Namespace) -> int:
     report = run_extraction(config, out, storage=args.storage, shard_size=args.shard_size, batch_size=args.batch_size,
                             device=device, workers=args.workers, decoder=decoder, progress=not args.quiet)
     print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s, "
+          f"{report.images_per_second_after_first_batch:.1f} after the first batch's {report.first_batch_seconds:.2f} s; "
           f"decoder {report.decoder}), {report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
     print(f"wrote {out}/manifest.json and {out}/extraction.json")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -57,6 +58,8 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
         "shards_already_done": report.shards_skipped,
         "seconds": report.seconds,
         "images_per_second": report.images_per_second,
+        "first_batch_seconds": _number(report.first_batch_seconds),
+        "images_per_second_after_first_batch": _number(report.images_per_second_after_first_batch),
         "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else
         f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
         "batch_size": batch_size,
@@ -67,3 +70,8 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
     }
     (Path(out_dir) / "extraction.json").write_text(json.dumps(summary, indent=2))
     return report
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: None where nothing was measured (e.g. every shard was already done)."""
+    return None if math.isnan(value) else value

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 
-def _save(figure, path: str | Path, dpi: int) -> Path:
+def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
     """Write `figure` to `path` (folders made as needed) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,13 +43,13 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str | Pa
         axis.grid(alpha=0.3)
     axes[0].legend()
     figure.tight_layout()
-    return _save(figure, path, dpi=110)
+    return save_figure(figure, path, dpi=110)
 
 
 def plot_attention(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,
                    path: str | Path, location_probs: Sequence[float] | None = None, columns: int = 6) -> Path:
     """The image, then one panel per word with the attended cell highlighted (Show-Attend-Tell style)."""
-    return _save(attention_figure(image, words, locations, grid, location_probs, columns), path, dpi=100)
+    return save_figure(attention_figure(image, words, locations, grid, location_probs, columns), path, dpi=100)
 
 
 def attention_figure(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,

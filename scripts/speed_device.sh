@@ -11,6 +11,10 @@
 #                                           JPEGs (captioner extract and bench_extract), bench_train
 #   scripts/speed_device.sh train           epochs of the real Trainer (bench_epoch), the full WS-RAM run
 #                                           of eval/flickr8k/wsram.yaml, captioning the 1,000 test JPEGs
+#   scripts/speed_device.sh startup         (carry as for speed) the one-time costs of a fresh extraction
+#                                           process (scripts/extract_startup.py), then captioner extract
+#   scripts/speed_device.sh quality         (carry as for speed) WS-RAM with length bucketing off (seed 0)
+#                                           and on (seed 1), side by side on the one GPU
 #   scripts/speed_device.sh scaling         one GPU against two: bench_train (weak scaling) and the real
 #                                           Trainer under torchrun (bench_epoch, same global batch)
 set -uo pipefail
@@ -102,6 +106,30 @@ scaling)
       --out $OUT/scaling/epoch-wsram-$n.json > $OUT/scaling/epoch-wsram-$n.log 2>&1
     grep -v -i warn $OUT/scaling/epoch-wsram-$n.log | tail -4 | cut -c1-300
   done
+  ;;
+quality)
+  # Does the fast path's length bucketing change what WS-RAM learns? Two runs of eval/flickr8k/wsram.yaml
+  # side by side on the one GPU: bucketing off (seed 0), and bucketing on with seed 1.
+  if [ ! -f $CACHE/block15/manifest.json ]; then prepare; extract $CACHE/block15; fi
+  mkdir -p /root/runs
+  for spec in "nobucket-seed0 train.length_bucketing=false train.seed=0" "bucket-seed1 train.seed=1"; do
+    read -r name a b <<< "$spec"
+    ($ONE python3 -m captioner.cli train --config eval/flickr8k/wsram.yaml "${SETS[@]}" --set $a --set $b \
+      --out /root/runs/$name --quiet > /root/runs/$name.log 2>&1; echo "exit $? $name" >> /root/runs/$name.log) &
+  done
+  wait
+  for name in nobucket-seed0 bucket-seed1; do grep -v -i warn /root/runs/$name.log | tail -4; done
+  cd /root/runs && tar czf $OUT/quality-runs.tar.gz --exclude='checkpoints' --exclude='model' nobucket-seed0 bucket-seed1 *.log
+  ;;
+startup)
+  # Where a fresh extraction process spends its time: each one-time step on its own, then the command.
+  prepare
+  $ONE python3 scripts/extract_startup.py $DATA/Flicker8k_Dataset --out $OUT/extra/extract_startup.json 2>&1 \
+    | grep -v -i warn
+  extract $CACHE/block15
+  cp $CACHE/block15/extraction.json $OUT/extra/extraction-block15.json
+  python3 -c "import json; d = json.load(open('$OUT/extra/extraction-block15.json')); print({k: d[k] for k in \
+    ('seconds', 'images_per_second', 'first_batch_seconds', 'images_per_second_after_first_batch')})"
   ;;
 *)
   echo "unknown stage $stage"; exit 2

@@ -27,12 +27,12 @@ def tiny_config(estimator: str, *extra: str):
     ("var", ("estimator.expected_glimpse_probability=0.5",)),
     ("soft", ()),
     # all 5 captions of each image, in 6 length-bucketed batches of 10: both runs stop within epoch 1
-    ("wsram", ("train.captions_per_image=0", "train.batch_size=2")),
-    ("soft", ("train.length_bucketing=false",)),
+    ("wsram", ("train.captions_per_image=0", "train.batch_size=2", "train.length_bucketing=true")),
+    ("soft", ("train.length_bucketing=true",)),
 ])
 def test_resume_is_exact(tmp_path, estimator, extra):
     """N steps straight == N/2 steps, save, resume in a new trainer, N/2 steps: identical parameters.
-    The epoch's order (length-bucketed unless switched off) is a pure function of (seed, epoch), and
+    The epoch's order (length-bucketed or not) is a pure function of (seed, epoch), and
     the checkpoint holds the position within it."""
     straight = Trainer(tiny_config(estimator, "train.max_steps=5", *extra), tmp_path / "straight")
     straight.train()

@@ -96,10 +96,19 @@ class ExtractionReport:
     shards_skipped: int
     seconds: float
     decoder: str
+    # Seconds until the first batch's grids were back on the host, and its size: the first batch pays
+    # for the device's one-time start-up (decoder library, kernel loading), the rest run at speed.
+    first_batch_seconds: float = float("nan")
+    first_batch_images: int = 0
 
     @property
     def images_per_second(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def images_per_second_after_first_batch(self) -> float:
+        rest = self.seconds - self.first_batch_seconds
+        return (self.written - self.first_batch_images) / rest if rest > 0 else float("nan")
 
 
 def resolve_decoder(decoder: str, device: str | torch.device) -> str:
@@ -206,6 +215,7 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
     skipped = SkipReport()
     start = time.perf_counter()
     written = 0
+    first_batch: tuple[float, int] | None = None
     loaded = _load_batches(batches, spec.image_size, workers, decoder, device)
     for index, shard_batches in itertools.groupby(loaded, key=lambda batch: batch[0]):
         name = manifest["shards"][index]
@@ -226,6 +236,8 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
             else:
                 grids.append(grid.to(torch.float16).cpu().numpy())  # half the bytes to copy, no CPU conversion
             ids.extend(batch_ids)
+            if first_batch is None:
+                first_batch = (time.perf_counter() - start, len(batch_ids))
             if progress is not None:
                 progress(written + len(ids), len(ordered))
         array = np.concatenate(grids) if grids else np.zeros((0, manifest["num_locations"], spec.channels),
@@ -252,7 +264,7 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
     _write_json(manifest_path, {**manifest, "complete": True, "images_stored": stored, "skipped": total_skips.to_dict(),
                                 "decoder": decoders})
     return ExtractionReport(len(ordered), written, skipped, len(todo), len(manifest["shards"]) - len(todo), seconds,
-                            decoder)
+                            decoder, *(first_batch or (float("nan"), 0)))
 
 
 class FeatureCache:

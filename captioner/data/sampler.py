@@ -123,7 +123,7 @@ class CaptionSampler:
     with batch statistics needs for the result not to depend on the number of processes."""
 
     def __init__(self, encoded: EncodedCaptions, batch_size: int, captions_per_image: int, seed: int,
-                 length_bucketing: bool = True, window: int = BUCKET_WINDOW, rank: int = 0, world_size: int = 1,
+                 length_bucketing: bool = False, window: int = BUCKET_WINDOW, rank: int = 0, world_size: int = 1,
                  shard_images: bool = True):
         self.encoded = encoded
         self.seed = seed

@@ -58,8 +58,10 @@ def attention_accuracy(model, split: CaptionSplit, device, batch_size: int = 64,
 
 @torch.no_grad()
 def mean_bound(model, split: CaptionSplit, samples: int, proposal: str, device, seed: int = 1234,
-               batch_size: int = 32, distributed: Distributed | None = None) -> dict[str, float]:
-    """Mean L_K over all reference captions of `split`, per caption and per word (nats).
+               batch_size: int = 32, distributed: Distributed | None = None,
+               images: int | None = None) -> dict[str, float]:
+    """Mean L_K over all reference captions of `split` (of its first `images` images, if given),
+    per caption and per word (nats).
 
     A private generator keeps validation from touching the training RNG stream. With `distributed`,
     each process bounds its share of the images (drawing from seed + rank) and the sums are added."""
@@ -67,7 +69,8 @@ def mean_bound(model, split: CaptionSplit, samples: int, proposal: str, device, 
     generator = torch.Generator(device=device).manual_seed(seed + distributed.rank)
     total = words = 0.0
     count = 0
-    for indices in _chunks(distributed.share(len(split)), batch_size):
+    count_images = len(split) if images is None else min(images, len(split))
+    for indices in _chunks(distributed.share(count_images), batch_size):
         batch = split.batch(indices, model.vocabulary, None).to(device)
         features = model.encode_inputs(batch.inputs, batch.input_kind)[batch.image_index]
         bound = likelihood_bound(model, features, batch.text, samples, proposal, generator)

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -300,8 +301,10 @@ class Trainer:
                                    self.config.train.validation_samples, distributed=self.distributed)
         return scores
 
-    def train(self) -> dict:
-        """Run until `train.epochs` epochs (or `train.max_steps` updates) are done; return a summary."""
+    def train(self, after_update: Callable[["Trainer"], None] | None = None) -> dict:
+        """Run until `train.epochs` epochs (or `train.max_steps` updates) are done; return a summary.
+        `after_update(trainer)`, when given, runs in every process after every update (with
+        `trainer.step` already counting it), e.g. to evaluate at fixed update counts."""
         t = self.config.train
         train = self.splits["train"]
         show = t.progress_bar and self.distributed.is_main
@@ -319,6 +322,8 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.train_seconds += time.perf_counter() - start
                 bar.update(1)
+                if after_update is not None:
+                    after_update(self)
                 if self.step % t.log_every == 0:
                     record = self._log_record(stats, shard.start, shard.stop, shard.total)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Does WS-RAM train faster than REINFORCE? Run an efficiency study (issue 8) and draw its figures.
+
+    python scripts/efficiency_study.py eval/efficiency/flickr8k.yaml --out eval/efficiency/flickr8k [--device cuda]
+    python scripts/efficiency_study.py eval/efficiency/scenes-smoke.yaml --out runs/study-smoke   (CPU, minutes)
+
+The study file names the shared config, the arms (estimator, seeds, overrides) and the measurement
+settings; captioner/study.py documents the format and every file written under --out. Re-running
+the same command resumes an interrupted study: finished runs are kept, an unfinished one continues
+from its last checkpoint. `--max-runs N` stops after N new runs (to spread a grid over several
+sessions); `--summarise` only rewrites summary.json and the figures from the runs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from captioner.study import load_study, run_study, summarise  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", help="study YAML")
+    parser.add_argument("--out", required=True, help="folder for the runs, summary and figures")
+    parser.add_argument("--device", help="train.device for every run (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every run (after the study's own)")
+    parser.add_argument("--max-runs", type=int, help="train at most this many unfinished runs in this call")
+    parser.add_argument("--summarise", action="store_true", help="only summarise the runs already under --out")
+    args = parser.parse_args()
+    study = load_study(args.study)
+    study.overrides += args.set + ([f"train.device={args.device}"] if args.device else [])
+    if args.summarise:
+        from captioner.study_plots import plot_study
+
+        summary = summarise(study, Path(args.out))
+        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot_study(study, Path(args.out), summary)
+    else:
+        summary = run_study(study, args.out, args.max_runs)
+    for name, arm in summary["arms"].items():
+        print(f"{name:24} seeds {arm['finished']}/{arm['seeds']}  test BLEU-4 {arm['test_bleu_4']}  "
+              f"best dev L_K {arm['best_dev_bound_prior']}  GPU s {arm['gpu_seconds']}")
+    print(json.dumps(summary["targets"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The efficiency study command (captioner/study.py, scripts/efficiency_study.py) on the scenes data:
+the files it writes and their schema, resuming a grid and an interrupted run, and bad study files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captioner.config import ConfigError
+from captioner.study import _Run, load_study, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY = """
+set: [data.train_size=40, data.val_size=6, data.test_size=6, train.batch_size=10, train.epochs=2,
+      train.log_every=5, train.validation_samples=2, model.hidden_dim=16, model.embedding_dim=8,
+      model.attention_dim=8, model.encoder.feature_dim=8, model.proposal_hidden_dim=8, decode.max_length=6]
+eval_every: 2
+bound_samples: 4
+dev_images: 4
+variance_points: [0.0, 1.0]
+variance_draws: 3
+test_beam: 2
+arms:
+  - {name: wsram, estimator: wsram, seeds: [0]}
+  - {name: var, estimator: var, seeds: [0]}
+"""
+
+
+def _study(tmp_path: Path) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY)
+    return path
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, monkeypatch):
+    study = load_study(_study(tmp_path))
+    out = tmp_path / "out"
+    run_study(study, out, max_runs=1)  # a grid spread over two calls
+    assert (out / "runs" / "wsram-s0" / "result.json").is_file()
+    assert not (out / "runs" / "var-s0").exists()
+
+    # Interrupt the VAR run after update 5 (its checkpoint is at update 4, the end of epoch 1).
+    original = _Run.measure
+
+    def interrupted(self, trainer):
+        original(self, trainer)
+        if trainer.step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Run, "measure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, out)
+    assert [r["step"] for r in _lines(out / "runs" / "var-s0" / "curve.jsonl")] == [0, 2, 4]
+    monkeypatch.setattr(_Run, "measure", original)
+    wsram_result = (out / "runs" / "wsram-s0" / "result.json").read_text()
+    summary = run_study(study, out)
+    assert (out / "runs" / "wsram-s0" / "result.json").read_text() == wsram_result  # kept, not redone
+
+    for name in ("wsram-s0", "var-s0"):
+        curve = _lines(out / "runs" / name / "curve.jsonl")
+        assert [r["step"] for r in curve] == [0, 2, 4, 6, 8]  # resumed without gaps or repeats
+        assert all(r["gpu_seconds"] >= 0 for r in curve)
+        assert [r["gpu_seconds"] for r in curve] == sorted(r["gpu_seconds"] for r in curve)
+        for record in curve:
+            assert {"step", "epoch", "gpu_seconds", "dev_bound_prior", "dev_bound_prior_per_word",
+                    "dev_bleu_4_greedy"} <= set(record)
+            assert record["dev_bound_prior"] < 0
+        variance = _lines(out / "runs" / name / "variance.jsonl")
+        assert [v["step"] for v in variance] == [0, 8]
+        assert {"prior", "decoder"} <= set(variance[0]["groups"])
+        assert all(v["groups"]["prior"]["variance"] > 0 for v in variance)
+        result = json.loads((out / "runs" / name / "result.json").read_text())
+        assert result["steps"] == 8 and result["test_beam"] == 2 and "Bleu_4" in result["test"]
+    wsram_curve = _lines(out / "runs" / "wsram-s0" / "curve.jsonl")
+    assert "dev_bound_proposal" in wsram_curve[0] and "train_ess_per_k" in wsram_curve[-1]
+    wsram_variance = _lines(out / "runs" / "wsram-s0" / "variance.jsonl")
+    assert "without_control_variates" in wsram_variance[0]
+
+    assert set(summary) == {"runs", "arms", "targets"}
+    assert {r["arm"] for r in summary["runs"]} == {"wsram", "var"} and all(r["finished"] for r in summary["runs"])
+    assert summary["targets"]["var_best_dev_bound_prior_mean"] is not None
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    for figure in ("bound_vs_updates.png", "bound_vs_gpu_seconds.png", "bleu_vs_updates.png",
+                   "gradient_variance.png", "ess_per_k.png"):
+        assert (out / figure).stat().st_size > 5000, figure
+
+
+def test_the_command_summarises_an_existing_study(tmp_path):
+    study_path = _study(tmp_path)
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "efficiency_study.py"), str(study_path), "--out",
+                             str(out), "--summarise"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["finished"] for r in summary["runs"]] == [False, False]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("arms: []", "no arms"),
+    ("arms:\n  - {name: a, estimator: reinforce}", "estimator must be one of"),
+    ("arms:\n  - {name: a, estimator: var}\n  - {name: a, estimator: wsram}", "used twice"),
+    ("arms:\n  - {name: a, estimator: var, seeds: []}", "seeds"),
+    ("arms:\n  - {name: a, estimator: var}\nevaluate_every: 3", "unknown study keys"),
+    ("arms:\n  - {name: a, estimator: var}\nvariance_points: [2]", "fractions"),
+])
+def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_study(path)
+    assert str(path) in str(error.value)

@@ -118,6 +118,10 @@ class EstimatorConfig:
     name: Literal["wsram", "var", "soft"] = "wsram"
     # WS-RAM
     samples: int = 5  # K
+    # Where WS-RAM draws its K location sequences: "model", the caption-conditioned proposal network
+    # q_phi; or "prior", the model's own prior pi (importance weights p(y | a, x), no proposal network:
+    # the ablation that shows what the caption-conditioned proposal is worth).
+    proposal_source: Literal["model", "prior"] = "model"
     control_variates: bool = True
     # c^p: the self-normalised estimate of E_p[grad log p(a|x)] from q's samples. Its O(1/K) bias
     # grows with the distance between prior and q, and on the scenes data it kept the prior from
@@ -361,8 +365,12 @@ def validate(config: ExperimentConfig) -> None:
             f"estimator.name: {e.name!r} does not fit model.attention={m.attention!r} "
             "(the soft estimator trains soft attention; wsram and var train hard attention)"
         )
-    if e.name == "wsram" and m.proposal == "none":
-        raise ConfigError("model.proposal: wsram needs a proposal network ('factorised' or 'sequential'), got 'none'")
+    if e.name == "wsram" and m.proposal == "none" and e.proposal_source == "model":
+        raise ConfigError("model.proposal: wsram needs a proposal network ('factorised' or 'sequential'), got 'none'"
+                          " (or set estimator.proposal_source: prior)")
+    if e.name == "wsram" and e.proposal_source == "prior" and e.sleep_update:
+        raise ConfigError("estimator.sleep_update trains a proposal network; with estimator.proposal_source: prior "
+                          "there is none to train")
     for key in ("epochs", "batch_size", "validation_samples", "validation_beam_size", "log_every"):
         positive(f"train.{key}", getattr(t, key))
     non_negative("train.max_steps", t.max_steps)

@@ -221,10 +221,15 @@ def _per_caption(features: torch.Tensor, rows: torch.Tensor | None) -> torch.Ten
 
 def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
                generator: torch.Generator | None = None, rows: torch.Tensor | None = None) -> EstimatorResult:
-    """WS-RAM with K samples from q_phi(a | y, x) (plus the sleep update if configured)."""
-    drawn = draw_locations(model, features, text, config.samples, "model", config.defensive_weight,
+    """WS-RAM with K samples from q_phi(a | y, x) (plus the sleep update if configured); with
+    config.proposal_source 'prior', from the prior pi(a | x) instead: then log q is log pi held
+    constant (no proposal term to train), the weights are proportional to p(y | a, x) and the prior
+    learns from its own samples."""
+    source = config.proposal_source
+    drawn = draw_locations(model, features, text, config.samples, source, config.defensive_weight,
                            config.defensive_component, generator, rows, config.layout)
-    terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, drawn.log_q, config.control_variates,
+    log_q = drawn.log_q if source == "model" else drawn.log_q.detach()
+    terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, log_q, config.control_variates,
                             config.prior_control_variate)
     loss = terms.loss.mean()
     weights = terms.weights

@@ -27,7 +27,8 @@ A study is one YAML file (`eval/efficiency/*.yaml` are examples):
 - `variance.jsonl`: at the variance points, on one fixed training minibatch and the parameters of
   that moment, the gradient variance from the attention samples alone for the prior's, the
   decoder's and the proposal's parameters (captioner.diagnostics), for this run's estimator and,
-  for WS-RAM runs, also with control variates switched off (same parameters, same minibatch);
+  for WS-RAM runs, also with no control variates and with the prior's control variate c^p on (same
+  parameters, same minibatch);
 - `result.json` when the run is done: test scores with beam `test_beam` of the best-by-dev model.
 An interrupted study resumes: finished runs are kept, an unfinished run continues from its last
 checkpoint (its curve lines past that update are dropped and measured again).
@@ -213,11 +214,18 @@ class _Run:
                   "groups": gradient_variance(trainer.model, inputs, trainer.splits["train"].input_kind,
                                               shard.image_index, shard.text, estimator, trainer.baseline,
                                               self.study.variance_draws, seed=trainer.step)}
-        if estimator.name == "wsram" and estimator.control_variates:
-            plain = dataclasses.replace(estimator, control_variates=False)
-            record["without_control_variates"] = gradient_variance(
-                trainer.model, inputs, trainer.splits["train"].input_kind, shard.image_index, shard.text, plain,
-                trainer.baseline, self.study.variance_draws, seed=trainer.step)
+        if estimator.name == "wsram":
+            # The same parameters and minibatch under the other control-variate settings: none at all,
+            # and the prior's c^p switched on (by default only the proposal's c^q is on, and c^q does not
+            # touch the prior's gradient).
+            variants = {"without_control_variates": dataclasses.replace(estimator, control_variates=False),
+                        "with_prior_control_variate": dataclasses.replace(estimator, control_variates=True,
+                                                                          prior_control_variate=True)}
+            for key, variant in variants.items():
+                if variant != estimator:
+                    record[key] = gradient_variance(
+                        trainer.model, inputs, trainer.splits["train"].input_kind, shard.image_index, shard.text,
+                        variant, trainer.baseline, self.study.variance_draws, seed=trainer.step)
         return record
 
     def measure(self, trainer: Trainer) -> None:
@@ -324,7 +332,9 @@ def summarise(study: Study, out: Path) -> dict:
                 "test_bound_prior": result["test"].get("bound_prior") if result else None,
                 "variance_points": [{"step": v["step"], **{f"{g}_variance": s["variance"] for g, s in v["groups"].items()},
                                      **{f"{g}_variance_without_cv": s["variance"]
-                                        for g, s in v.get("without_control_variates", {}).items()}}
+                                        for g, s in v.get("without_control_variates", {}).items()},
+                                     **{f"{g}_variance_with_prior_cv": s["variance"]
+                                        for g, s in v.get("with_prior_control_variate", {}).items()}}
                                     for v in variance],
             })
     return {"runs": runs, "arms": _arm_means(runs), "targets": _targets(study, out, runs)}
@@ -380,10 +390,15 @@ def _targets(study: Study, out: Path, runs: list[dict]) -> dict:
     ratios = []
     for run in wsram:
         for point in run["variance_points"]:
-            with_cv, without = point.get("prior_variance"), point.get("prior_variance_without_cv")
-            if with_cv is not None and without is not None and with_cv > 0:
-                ratios.append({"seed": run["seed"], "step": point["step"], "prior_variance_ratio": without / with_cv})
+            without = point.get("prior_variance_without_cv")
+            configured = point.get("prior_variance")
+            with_prior_cv = point.get("prior_variance_with_prior_cv", configured)
+            if without is None or not configured or not with_prior_cv:
+                continue
+            ratios.append({"seed": run["seed"], "step": point["step"],
+                           "as_configured": without / configured, "with_prior_control_variate": without / with_prior_cv})
     if ratios:
         targets["control_variates_prior_variance_reduction"] = ratios
-        targets["met_control_variates_cut_prior_variance_10x"] = all(r["prior_variance_ratio"] >= 10 for r in ratios)
+        targets["met_control_variates_cut_prior_variance_10x"] = {
+            key: all(r[key] >= 10 for r in ratios) for key in ("as_configured", "with_prior_control_variate")}
     return targets

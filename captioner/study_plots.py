@@ -67,10 +67,12 @@ def plot_study(study, out: Path, summary: dict) -> list[Path]:
             if points:
                 axis.plot([p["step"] for p in points], [p[f"{group}_variance"] for p in points], marker="o",
                           label=f"{run['arm']} s{run['seed']}")
-            points = [p for p in run["variance_points"] if p.get(f"{group}_variance_without_cv")]
-            if points:
-                axis.plot([p["step"] for p in points], [p[f"{group}_variance_without_cv"] for p in points],
-                          marker="x", linestyle="--", label=f"{run['arm']} s{run['seed']}, no control variates")
+            for suffix, marker, style, label in (("_without_cv", "x", "--", "no control variates"),
+                                                 ("_with_prior_cv", "^", ":", "with the prior's c^p")):
+                points = [p for p in run["variance_points"] if p.get(f"{group}_variance{suffix}")]
+                if points:
+                    axis.plot([p["step"] for p in points], [p[f"{group}_variance{suffix}"] for p in points],
+                              marker=marker, linestyle=style, label=f"{run['arm']} s{run['seed']}, {label}")
         axis.set_yscale("log")
         axis.set_xlabel("updates")
         axis.set_ylabel(f"{group} gradient variance from the samples")

@@ -83,7 +83,10 @@ def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, 
     wsram_curve = _lines(out / "runs" / "wsram-s0" / "curve.jsonl")
     assert "dev_bound_proposal" in wsram_curve[0] and "train_ess_per_k" in wsram_curve[-1]
     wsram_variance = _lines(out / "runs" / "wsram-s0" / "variance.jsonl")
-    assert "without_control_variates" in wsram_variance[0]
+    assert "without_control_variates" in wsram_variance[0] and "with_prior_control_variate" in wsram_variance[0]
+    # by default only q's control variate is on, and it does not touch the prior's gradient
+    assert wsram_variance[0]["without_control_variates"]["prior"] == wsram_variance[0]["groups"]["prior"]
+    assert "proposal" in wsram_variance[0]["groups"]
 
     assert set(summary) == {"runs", "arms", "targets"}
     assert {r["arm"] for r in summary["runs"]} == {"wsram", "var"} and all(r["finished"] for r in summary["runs"])

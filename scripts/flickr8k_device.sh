@@ -11,6 +11,7 @@
 #   stage unpack N   (N = 1..4; carry .device/chunks/part-0N.tar, and .device/Flickr8k_text with N = 1)
 #   stage prepare    (carry .device/chunks/part-05.tar .whl .device/site): last part, packages, the three
 #                    feature caches (block10, block15, head) and the timing of one update per estimator
+#   stage study N    issue 8's study, at most N new runs (after `prepare block15`); results packed into $OUT
 #   stage train "NAME CONFIG [KEY=VALUE ...]" ...  one or more runs in parallel on the one GPU, each
 #                    writing /root/runs/NAME; logs, metrics, curves and test captions packed into $OUT
 set -euo pipefail
@@ -66,6 +67,15 @@ train)
     tail -4 $name.log
   done
   tar czf $OUT/runs-$(date +%H%M%S).tar.gz --exclude='checkpoints' --exclude='model.safetensors' *.log */
+  ;;
+study)
+  # Issue 8: the efficiency study (eval/efficiency/flickr8k.yaml) into eval/efficiency/flickr8k, which
+  # travels with the working tree: finished runs are skipped, so a grid spreads over several sessions
+  # (one `study N` call a session after `prepare block15`: at most N new runs).
+  python3 scripts/efficiency_study.py eval/efficiency/flickr8k.yaml --out eval/efficiency/flickr8k \
+    --set data.root=$DATA --set data.features=$CACHE/block15 --device cuda --max-runs ${1:-2} 2>&1 \
+    | grep -v -i warn | tail -30
+  tar czf $OUT/study-$(date +%H%M%S).tar.gz --exclude='checkpoints' eval/efficiency/flickr8k
   ;;
 model)
   # Issue 5: train the chosen WS-RAM model, pick its decoding on the dev split, time captioning from

@@ -3,6 +3,7 @@ the files it writes and their schema, resuming a grid and an interrupted run, an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -122,3 +123,18 @@ def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_study(path)
     assert str(path) in str(error.value)
+
+
+def test_every_arm_of_the_flickr8k_grid_runs_on_a_tiny_scenes_model(tmp_path):
+    """The arms of eval/efficiency/flickr8k.yaml (estimators and overrides), one seed each, with the
+    shared config swapped for a tiny scenes one: each trains, is measured and is scored."""
+    grid = load_study(ROOT / "eval" / "efficiency" / "flickr8k.yaml")
+    tiny = load_study(_study(tmp_path))
+    tiny.arms = [dataclasses.replace(arm, seeds=[0]) for arm in grid.arms]
+    tiny.overrides = tiny.overrides + ["train.epochs=1"]
+    tiny.variance_points, tiny.variance_draws = [0.5], 2
+    summary = run_study(tiny, tmp_path / "out")
+    assert [r["arm"] for r in summary["runs"]] == [arm.name for arm in grid.arms]
+    assert all(r["finished"] and r["test_bleu_4"] is not None for r in summary["runs"])
+    soft = next(r for r in summary["runs"] if r["arm"] == "soft")
+    assert soft["variance_points"][0]["prior_variance"] == 0.0  # nothing sampled

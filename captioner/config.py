@@ -275,6 +275,20 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
+def read_yaml_mapping(path: str | Path, kind: str = "config") -> dict[str, Any]:
+    """The top-level mapping of a YAML file (empty file: {}); ConfigError naming the file otherwise."""
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {kind} file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return loaded
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -283,16 +297,7 @@ def load_config(
     """Defaults <- `base` <- YAML file <- overrides, then validated."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = _merge(data, loaded)
+        data = _merge(data, read_yaml_mapping(path, "config"))
     for override in overrides or []:
         data = _merge(data, parse_override(override))
     section = data.get("data")

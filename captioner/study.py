@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from captioner.config import ConfigError, DecodeConfig, ExperimentConfig, config_for_estimator, load_config
+from captioner.config import (ConfigError, DecodeConfig, ExperimentConfig, config_for_estimator, load_config,
+                              read_yaml_mapping)
 from captioner.diagnostics import gradient_variance
 from captioner.evaluation import evaluate_split, generate, mean_bound
 from captioner.metrics.bleu import corpus_bleu
@@ -85,14 +85,7 @@ class Study:
 def load_study(path: str | Path) -> Study:
     """Read and check a study YAML; ConfigError naming the file and the problem otherwise."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: study file not found") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a study is a mapping with at least `arms`")
+    data = read_yaml_mapping(path, "study")
     known = {f.name for f in dataclasses.fields(Study)} | {"set"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -131,13 +124,7 @@ def load_study(path: str | Path) -> Study:
 def run_config(study: Study, arm: Arm, seed: int) -> ExperimentConfig:
     """The experiment config of one run: the study's config file, the arm's estimator (VAR and soft
     without a proposal, soft with soft attention), the study's and the arm's overrides, the seed."""
-    base: dict[str, Any] = {}
-    if study.config:
-        try:
-            base = yaml.safe_load(Path(study.config).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{study.config}: config file not found") from None
-    base = config_for_estimator(arm.estimator, base)
+    base = config_for_estimator(arm.estimator, read_yaml_mapping(study.config) if study.config else {})
     forced = {"var": ["model.proposal=none"], "soft": ["model.attention=soft", "model.proposal=none"]}
     return load_config(base=base, overrides=study.overrides + forced.get(arm.estimator, []) + arm.overrides
                        + [f"train.seed={seed}", "train.progress_bar=false"])

@@ -55,7 +55,8 @@ def plot_study(study, out: Path, summary: dict) -> list[Path]:
                 _band(axis, curves, x_key, y_key, arm.name)
         axis.set_xlabel(x_label)
         axis.set_ylabel(y_label % study.bound_samples if "%d" in y_label else y_label)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
         figure.tight_layout()
         written.append(save_figure(figure, out / name))
@@ -77,7 +78,8 @@ def plot_study(study, out: Path, summary: dict) -> list[Path]:
         axis.set_xlabel("updates")
         axis.set_ylabel(f"{group} gradient variance from the samples")
         axis.set_title(f"{group} parameters, {study.variance_draws} draws, fixed minibatch", fontsize=9)
-        axis.legend(fontsize=6)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=6)
         axis.grid(alpha=0.3)
     figure.tight_layout()
     written.append(save_figure(figure, out / "gradient_variance.png"))
@@ -92,7 +94,8 @@ def plot_study(study, out: Path, summary: dict) -> list[Path]:
     axis.set_xlabel("updates")
     axis.set_ylabel("ESS / K of the training batch")
     axis.set_ylim(0, 1.05)
-    axis.legend(fontsize=7)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     written.append(save_figure(figure, out / "ess_per_k.png"))

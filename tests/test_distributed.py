@@ -26,6 +26,7 @@ import torch
 from torch import multiprocessing
 
 from captioner import distributed
+from captioner.data.vocabulary import tokenize
 from captioner.data.datasets import load_dataset
 from captioner.data.sampler import CaptionSampler, EncodedCaptions
 from captioner.data.vocabulary import Vocabulary
@@ -233,3 +234,28 @@ def test_processes_share_each_batch_in_contiguous_runs(encoded, shard_images):
             assert share.text.targets.shape[1] == int(encoded.host_lengths[rows].max())
             if not shard_images:  # every process encodes every image of the batch
                 assert torch.equal(share.images, encoded.owner[rows].unique())
+
+
+def test_every_caption_of_a_planned_batch_reads_its_own_image(tmp_path):
+    """The sampler's image_index pairs each caption with its image: decoded captions of a real
+    Trainer's batches (scenes) are among the captions of the image they are given, with and without
+    length bucketing."""
+    from captioner.config import load_config
+    from captioner.train import Trainer
+
+    for bucketing in (False, True):
+        config = load_config(overrides=["data.train_size=60", "data.val_size=4", "data.test_size=4",
+                                        "train.batch_size=8", f"train.length_bucketing={str(bucketing).lower()}"])
+        trainer = Trainer(config, tmp_path / f"run-{bucketing}")
+        train, vocabulary = trainer.splits["train"], trainer.vocabulary
+        plan = trainer.sampler.plan(1, "cpu")
+        checked = 0
+        for index in range(len(plan)):
+            shard = plan.batch(index)
+            for n in range(len(shard.text)):
+                image = int(shard.images[shard.image_index[n]])
+                words = [vocabulary.words[int(t)] for t in shard.text.targets[n][: int(shard.text.lengths[n]) - 1]]
+                references = [" ".join(tokenize(c)) for c in train.captions[image]]
+                assert " ".join(words) in references, (words, references)
+                checked += 1
+        assert checked == trainer.sampler.epoch_captions == 60 * config.train.captions_per_image

@@ -116,6 +116,8 @@ def test_the_command_summarises_an_existing_study(tmp_path):
     ("arms:\n  - {name: a, estimator: var, seeds: []}", "seeds"),
     ("arms:\n  - {name: a, estimator: var}\nevaluate_every: 3", "unknown study keys"),
     ("arms:\n  - {name: a, estimator: var}\nvariance_points: [2]", "fractions"),
+    ("- arms", "expected a mapping"),
+    ("arms: [", "not valid YAML"),
 ])
 def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

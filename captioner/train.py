@@ -322,13 +322,13 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.train_seconds += time.perf_counter() - start
                 bar.update(1)
-                if after_update is not None:
-                    after_update(self)
                 if self.step % t.log_every == 0:
                     record = self._log_record(stats, shard.start, shard.stop, shard.total)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                     self._log({"type": "train", "step": self.step, "epoch": self.epoch + 1,
                                "train_seconds": self.train_seconds, **record})
+                if after_update is not None:  # after this update's log line, which it may read
+                    after_update(self)
                 if t.max_steps and self.step >= t.max_steps and self.batch_in_epoch < len(plan):
                     bar.close()
                     self.save_checkpoint()

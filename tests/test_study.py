@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STUDY = """
 set: [data.train_size=40, data.val_size=6, data.test_size=6, train.batch_size=10, train.epochs=2,
-      train.log_every=5, train.validation_samples=2, model.hidden_dim=16, model.embedding_dim=8,
+      train.log_every=2, train.validation_samples=2, model.hidden_dim=16, model.embedding_dim=8,
       model.attention_dim=8, model.encoder.feature_dim=8, model.proposal_hidden_dim=8, decode.max_length=6]
 eval_every: 2
 bound_samples: 4
@@ -83,6 +83,9 @@ def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, 
         assert result["steps"] == 8 and result["test_beam"] == 2 and "Bleu_4" in result["test"]
     wsram_curve = _lines(out / "runs" / "wsram-s0" / "curve.jsonl")
     assert "dev_bound_proposal" in wsram_curve[0] and "train_ess_per_k" in wsram_curve[-1]
+    log = [r for r in _lines(out / "runs" / "wsram-s0" / "log.jsonl") if r["type"] == "train"]
+    last = next(r for r in log if r["step"] == wsram_curve[-1]["step"])  # the diagnostics of that very update
+    assert wsram_curve[-1]["train_ess_per_k"] == last["ess_per_k"]
     wsram_variance = _lines(out / "runs" / "wsram-s0" / "variance.jsonl")
     assert "without_control_variates" in wsram_variance[0] and "with_prior_control_variate" in wsram_variance[0]
     # by default only q's control variate is on, and it does not touch the prior's gradient

@@ -264,10 +264,22 @@ class _Run:
         return result
 
 
-def run_study(study: Study, out: str | Path, max_runs: int | None = None) -> dict:
+def run_names(study: Study) -> list[str]:
+    """The runs of `study`, as named under out/runs: ARM-sSEED, in the study's order."""
+    return [f"{arm.name}-s{seed}" for arm in study.arms for seed in arm.seeds]
+
+
+def run_study(study: Study, out: str | Path, max_runs: int | None = None, only: list[str] | None = None,
+              write_summary: bool = True) -> dict | None:
     """Run every unfinished (arm, seed) of `study` under `out` (at most `max_runs` of them in this
-    call), then write study.json, summary.json and the figures. Returns the summary."""
+    call; only the runs named in `only`, ARM-sSEED, when given), then write study.json, summary.json
+    and the figures (unless `write_summary` is false, as for several processes sharing one `out`:
+    summarise once they are done). Returns the summary, or None without one."""
     out = Path(out)
+    if only is not None:
+        unknown = sorted(set(only) - set(run_names(study)))
+        if unknown:
+            raise ValueError(f"no run named {', '.join(unknown)} in the study (its runs: {', '.join(run_names(study))})")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(study.to_dict(), indent=1))
     done = 0
@@ -276,12 +288,16 @@ def run_study(study: Study, out: str | Path, max_runs: int | None = None) -> dic
             folder = out / "runs" / f"{arm.name}-s{seed}"
             if (folder / "result.json").is_file():
                 continue
+            if only is not None and folder.name not in only:
+                continue
             if max_runs is not None and done >= max_runs:
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             run_config(study, arm, seed).save(folder / "run_config.yaml")
             _Run(study, arm, seed, folder).run()
             done += 1
+    if not write_summary:
+        return None
     summary = summarise(study, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     from captioner.study_plots import plot_study

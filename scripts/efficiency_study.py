@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from captioner.study import load_study, run_study, summarise  # noqa: E402
+from captioner.study import load_study, run_names, run_study, summarise  # noqa: E402
 
 
 def main() -> None:
@@ -32,10 +32,18 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every run (after the study's own)")
     parser.add_argument("--max-runs", type=int, help="train at most this many unfinished runs in this call")
+    parser.add_argument("--only", nargs="+", metavar="ARM-sSEED",
+                        help="train only these runs (e.g. wsram-s0 var-s1), as parallel workers on one --out do")
+    parser.add_argument("--no-summary", action="store_true",
+                        help="train only: write no summary or figures (several workers sharing --out)")
+    parser.add_argument("--list", action="store_true", help="print the study's run names, one a line, and exit")
     parser.add_argument("--summarise", action="store_true", help="only summarise the runs already under --out")
     args = parser.parse_args()
     study = load_study(args.study)
     study.overrides += args.set + ([f"train.device={args.device}"] if args.device else [])
+    if args.list:
+        print("\n".join(run_names(study)))
+        return
     if args.summarise:
         from captioner.study_plots import plot_study
 
@@ -43,7 +51,9 @@ def main() -> None:
         (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_study(study, Path(args.out), summary)
     else:
-        summary = run_study(study, args.out, args.max_runs)
+        summary = run_study(study, args.out, args.max_runs, only=args.only, write_summary=not args.no_summary)
+        if summary is None:
+            return
     for name, arm in summary["arms"].items():
         print(f"{name:24} seeds {arm['finished']}/{arm['seeds']}  test BLEU-4 {arm['test_bleu_4']}  "
               f"best dev L_K {arm['best_dev_bound_prior']}  GPU s {arm['gpu_seconds']}")

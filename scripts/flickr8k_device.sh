@@ -12,6 +12,10 @@
 #   stage prepare    (carry .device/chunks/part-05.tar .whl .device/site): last part, packages, the three
 #                    feature caches (block10, block15, head) and the timing of one update per estimator
 #   stage study N    issue 8's study, at most N new runs (after `prepare block15`); results packed into $OUT
+#   stage study-parallel [SECONDS]  the same study, one worker per GPU taking the next unfinished run
+#                    (longest arms first) until SECONDS have passed; runs live in /root/study (seeded from
+#                    eval/efficiency/flickr8k), so a run cut off at SECONDS resumes from its checkpoint in
+#                    the next call while the machine is warm; results without checkpoints packed into $OUT
 #   stage train "NAME CONFIG [KEY=VALUE ...]" ...  one or more runs in parallel on the one GPU, each
 #                    writing /root/runs/NAME; logs, metrics, curves and test captions packed into $OUT
 set -euo pipefail
@@ -76,6 +80,39 @@ study)
     --set data.root=$DATA --set data.features=$CACHE/block15 --device cuda --max-runs ${1:-2} 2>&1 \
     | grep -v -i warn | tail -30
   tar czf $OUT/study-$(date +%H%M%S).tar.gz --exclude='checkpoints' eval/efficiency/flickr8k
+  ;;
+study-parallel)
+  budget=${1:-540}
+  S=${STUDY_DIR:-/root/study}; study=${STUDY:-eval/efficiency/flickr8k.yaml}
+  read -r -a sets <<< "${STUDY_SETS:---set data.root=$DATA --set data.features=$CACHE/block15 --device cuda}"
+  if [ ! -d $S/runs ]; then mkdir -p $S; cp -r eval/efficiency/flickr8k/. $S/ 2>/dev/null || true; fi
+  rm -rf $S/claims $S/stop; mkdir -p $S/claims $S/logs $S/runs
+  nvidia-smi -L | tee $OUT/gpus.txt
+  ngpu=$(nvidia-smi -L | wc -l)
+  # Longest first, the three-seed arms before the one-seed ablations; the rest in the study's order.
+  first="var-s0 var-s1 var-s2 var-glimpse50-s0 soft-s0 soft-s1 soft-s2 wsram-s0 wsram-s1 wsram-s2 wsram-k10-s0 wsram-sleep-s0"
+  all=$(python3 scripts/efficiency_study.py $study --out $S --list)
+  order=""
+  for name in $first; do if grep -q -x -F "$name" <<< "$all"; then order+="$name "; fi; done
+  for name in $all; do if ! tr ' ' '\n' <<< "$first" | grep -q -x -F "$name"; then order+="$name "; fi; done
+  echo "order: $order"
+  worker() {
+    for name in $order; do
+      [ -e $S/stop ] && return 0
+      [ -f $S/runs/$name/result.json ] && continue
+      mkdir $S/claims/$name 2>/dev/null || continue
+      echo "$(date +%T) gpu $1 starts $name"
+      CUDA_VISIBLE_DEVICES=$1 python3 scripts/efficiency_study.py $study --out $S "${sets[@]}" --only $name --no-summary \
+        >> $S/logs/$name.log 2>&1 && echo "$(date +%T) gpu $1 finished $name" || echo "$(date +%T) gpu $1 stopped $name"
+    done
+  }
+  pids=()
+  for gpu in $(seq 0 $((ngpu - 1))); do worker $gpu & pids+=($!); done
+  ( sleep $budget; touch $S/stop; pkill -TERM -f efficiency_study.py ) > /dev/null 2>&1 & watchdog=$!
+  wait "${pids[@]}" || true
+  pkill -P $watchdog 2>/dev/null || true; kill $watchdog 2>/dev/null || true
+  echo "finished runs: $(find $S/runs -name result.json | wc -l)"
+  tar czf $OUT/study-$(date +%H%M%S).tar.gz --exclude='checkpoints' --exclude='claims' --exclude='stop' -C $S .
   ;;
 model)
   # Issue 5: train the chosen WS-RAM model, pick its decoding on the dev split, time captioning from

@@ -143,3 +143,20 @@ def test_every_arm_of_the_flickr8k_grid_runs_on_a_tiny_scenes_model(tmp_path):
     assert all(r["finished"] and r["test_bleu_4"] is not None for r in summary["runs"])
     soft = next(r for r in summary["runs"] if r["arm"] == "soft")
     assert soft["variance_points"][0]["prior_variance"] == 0.0  # nothing sampled
+
+
+def test_only_trains_the_named_runs_and_workers_can_skip_the_summary(tmp_path):
+    """Parallel workers share one --out: each trains only its runs and writes no summary; a later
+    summarise sees both runs."""
+    study = load_study(_study(tmp_path))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no run named wsram-s7"):
+        run_study(study, out, only=["wsram-s7"])
+    assert run_study(study, out, only=["var-s0"], write_summary=False) is None
+    assert (out / "runs" / "var-s0" / "result.json").is_file()
+    assert not (out / "runs" / "wsram-s0").exists() and not (out / "summary.json").exists()
+    listing = subprocess.run([sys.executable, str(ROOT / "scripts" / "efficiency_study.py"), str(_study(tmp_path)),
+                              "--out", str(out), "--list"], capture_output=True, text=True, timeout=300)
+    assert listing.stdout.split() == ["wsram-s0", "var-s0"]
+    summary = run_study(study, out, only=["wsram-s0"])
+    assert [r["finished"] for r in summary["runs"]] == [True, True]

@@ -17,7 +17,7 @@ import torch
 from captioner.config import EstimatorConfig
 from captioner.data.batching import CaptionText
 from captioner.models.decoder import DecoderOutput, gumbel_argmax, location_log_probs, log_softmax, word_log_probs
-from captioner.models.noise import host_generator
+from captioner.models.noise import batch_uniform
 
 
 # ---- pure math ------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def var_loss(model, features, text: CaptionText, config: EstimatorConfig, baseli
     decoder = model.decoder
     features = _per_caption(features, rows)
     p = config.expected_glimpse_probability
-    if p > 0.0 and float(torch.rand((), generator=host_generator(generator))) < p:
+    if p > 0.0 and batch_uniform(generator) < p:
         output = decoder.forward_stepwise(features, text.inputs, "expected")
         log_p_words = masked_sum(word_log_probs(output.word_logits, text.targets), text.mask)
         return EstimatorResult(-log_p_words.mean(), {"nll_words": -log_p_words.mean().detach(),

@@ -16,6 +16,7 @@
 #                    (longest arms first) until SECONDS have passed; runs live in /root/study (seeded from
 #                    eval/efficiency/flickr8k), so a run cut off at SECONDS resumes from its checkpoint in
 #                    the next call while the machine is warm; results without checkpoints packed into $OUT
+#   stage timing     seconds per update of WS-RAM, VAR and soft alone on the GPU (after `prepare block15`)
 #   stage train "NAME CONFIG [KEY=VALUE ...]" ...  one or more runs in parallel on the one GPU, each
 #                    writing /root/runs/NAME; logs, metrics, curves and test captions packed into $OUT
 set -euo pipefail
@@ -89,8 +90,10 @@ study-parallel)
   rm -rf $S/claims $S/stop; mkdir -p $S/claims $S/logs $S/runs
   nvidia-smi -L | tee $OUT/gpus.txt
   ngpu=$(nvidia-smi -L | wc -l)
+  # WORKERS_PER_GPU runs share each GPU (default 1); STUDY_FIRST overrides the order of the runs it names.
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
   # Longest first, the three-seed arms before the one-seed ablations; the rest in the study's order.
-  first="var-s0 var-s1 var-s2 var-glimpse50-s0 soft-s0 soft-s1 soft-s2 wsram-s0 wsram-s1 wsram-s2 wsram-k10-s0 wsram-sleep-s0"
+  first=${STUDY_FIRST:-"var-s0 var-s1 var-s2 var-glimpse50-s0 soft-s0 soft-s1 soft-s2 wsram-s0 wsram-s1 wsram-s2 wsram-k10-s0 wsram-sleep-s0"}
   all=$(python3 scripts/efficiency_study.py $study --out $S --list)
   order=""
   for name in $first; do if grep -q -x -F "$name" <<< "$all"; then order+="$name "; fi; done
@@ -107,12 +110,19 @@ study-parallel)
     done
   }
   pids=()
-  for gpu in $(seq 0 $((ngpu - 1))); do worker $gpu & pids+=($!); done
+  for slot in $(seq 0 $((ngpu * ${WORKERS_PER_GPU:-1} - 1))); do worker $((slot % ngpu)) & pids+=($!); done
   ( sleep $budget; touch $S/stop; pkill -TERM -f efficiency_study.py ) > /dev/null 2>&1 & watchdog=$!
   wait "${pids[@]}" || true
   pkill -P $watchdog 2>/dev/null || true; kill $watchdog 2>/dev/null || true
   echo "finished runs: $(find $S/runs -name result.json | wc -l)"
   tar czf $OUT/study-$(date +%H%M%S).tar.gz --exclude='checkpoints' --exclude='claims' --exclude='stop' -C $S .
+  ;;
+timing)
+  # Seconds per update of each estimator of the study's model, alone on the GPU (after `prepare block15`):
+  # the study's own clocks are shared when several runs share a GPU.
+  python3 scripts/time_training.py eval/flickr8k/wsram.yaml eval/flickr8k/var.yaml eval/flickr8k/soft.yaml \
+    --set data.root=$DATA --set data.features=$CACHE/block15 --updates 40 --work /root/timing \
+    --out $OUT/timing-alone.jsonl 2>&1 | grep -v -i warn | tail -3
   ;;
 model)
   # Issue 5: train the chosen WS-RAM model, pick its decoding on the dev split, time captioning from

@@ -75,3 +75,24 @@ def test_at_least_two_draws():
     features, rows, text = _batch(model)
     with pytest.raises(ValueError, match="at least 2"):
         gradient_variance(model, features, None, rows, text, EstimatorConfig(), draws=1)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_var_with_the_expected_glimpse_trick_is_probed_on_the_models_device(device):
+    # The probe hands the estimator a plain generator on the model's device; VAR's whole-batch coin
+    # (expected glimpse or sampled location) must draw from it there (a CUDA generator cannot draw
+    # a CPU tensor: this arm once failed on the GPU only), and the coin is part of each draw.
+    model = _model(proposal="none").to(device)
+    features, rows, text = _batch(model)
+    text = CaptionText(text.inputs.to(device), text.targets.to(device), text.mask.to(device), text.lengths.to(device))
+    config = EstimatorConfig(name="var", expected_glimpse_probability=0.5)
+    report = gradient_variance(model, features.to(device), None, rows.to(device), text, config, draws=12, seed=3)
+    assert report["prior"]["variance"] > 0
+    assert report == gradient_variance(model, features.to(device), None, rows.to(device), text, config,
+                                       draws=12, seed=3)
+    always = gradient_variance(model, features.to(device), None, rows.to(device), text,
+                               EstimatorConfig(name="var", expected_glimpse_probability=1.0), draws=3, seed=3)
+    assert always["prior"]["variance"] < 1e-20  # the expected glimpse is deterministic

@@ -43,3 +43,11 @@ class BatchShare:
 def host_generator(generator: torch.Generator | BatchShare | None) -> torch.Generator | None:
     """The CPU generator for a decision about a whole batch: a BatchShare's `host`, else `generator`."""
     return generator.host if isinstance(generator, BatchShare) else generator
+
+
+def batch_uniform(generator: torch.Generator | BatchShare | None) -> float:
+    """One U(0, 1) draw for a decision about a whole batch, from `host_generator(generator)`, made on
+    that generator's own device (a plain CUDA generator, as the gradient-variance probe passes, cannot
+    draw a CPU tensor)."""
+    host = host_generator(generator)
+    return float(torch.rand((), generator=host, device=host.device if host is not None else None))

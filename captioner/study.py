@@ -270,7 +270,7 @@ def run_names(study: Study) -> list[str]:
 
 
 def run_study(study: Study, out: str | Path, max_runs: int | None = None, only: list[str] | None = None,
-              write_summary: bool = True) -> dict | None:
+              write_summary: bool = True, timing: dict[str, float] | None = None) -> dict | None:
     """Run every unfinished (arm, seed) of `study` under `out` (at most `max_runs` of them in this
     call; only the runs named in `only`, ARM-sSEED, when given), then write study.json, summary.json
     and the figures (unless `write_summary` is false, as for several processes sharing one `out`:
@@ -298,7 +298,7 @@ def run_study(study: Study, out: str | Path, max_runs: int | None = None, only: 
             done += 1
     if not write_summary:
         return None
-    summary = summarise(study, out)
+    summary = summarise(study, out, timing)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     from captioner.study_plots import plot_study
 
@@ -313,9 +313,30 @@ def _first_reaching(curve: list[dict], key: str, target: float) -> dict | None:
     return None
 
 
-def summarise(study: Study, out: Path) -> dict:
+def load_timing(path: str | Path) -> dict[str, float]:
+    """Seconds per update of each estimator measured alone on the GPU (scripts/time_training.py's JSON
+    lines, keys `estimator` and `seconds_per_update`), for studies whose runs shared a GPU."""
+    path = Path(path)
+    timing: dict[str, float] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            timing[str(record["estimator"])] = float(record["seconds_per_update"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path}:{number}: not a timing line with 'estimator' and 'seconds_per_update' "
+                              f"({error})") from None
+    if not timing:
+        raise ConfigError(f"{path}: no timing lines")
+    return timing
+
+
+def summarise(study: Study, out: Path, timing: dict[str, float] | None = None) -> dict:
     """Per run: final test scores, best dev bound and BLEU-4, GPU seconds; per arm: means; and the
-    targets of issue 8 as measured (None where a needed run is missing)."""
+    targets of issue 8 as measured (None where a needed run is missing). With `timing` (seconds per
+    update of each estimator alone on the GPU), every clock is also given as updates x that cost
+    (`alone_seconds`), the fair clock when several runs shared one GPU."""
     runs = []
     for arm in study.arms:
         for seed in arm.seeds:
@@ -341,7 +362,14 @@ def summarise(study: Study, out: Path) -> dict:
                                         for g, s in v.get("with_prior_control_variate", {}).items()}}
                                     for v in variance],
             })
-    return {"runs": runs, "arms": _arm_means(runs), "targets": _targets(study, out, runs)}
+    if timing:
+        for run in runs:
+            cost = timing.get(run["estimator"])
+            run["alone_seconds"] = run["steps"] * cost if cost is not None else None
+    summary = {"runs": runs, "arms": _arm_means(runs), "targets": _targets(study, out, runs, timing)}
+    if timing:
+        summary["timing_alone_seconds_per_update"] = timing
+    return summary
 
 
 def _mean(values: list[float]) -> float | None:
@@ -360,7 +388,40 @@ def _arm_means(runs: list[dict]) -> dict:
             for name, members in arms.items()}
 
 
-def _targets(study: Study, out: Path, runs: list[dict]) -> dict:
+def _reaching(out: Path, runs: list[dict], level: float) -> list[dict | None]:
+    """For each run, the first curve point whose dev bound is at least `level` (None if none is)."""
+    points = []
+    for run in runs:
+        point = _first_reaching(_read_jsonl(out / "runs" / f"{run['arm']}-s{run['seed']}" / "curve.jsonl"),
+                                "dev_bound_prior", level)
+        points.append(None if point is None else {"seed": run["seed"], "step": point["step"],
+                                                  "gpu_seconds": point["gpu_seconds"]})
+    return points
+
+
+def _common_level(out: Path, wsram: list[dict], var: list[dict], timing: dict[str, float] | None) -> dict | None:
+    """The best dev bound that every WS-RAM and every VAR run reaches (the lowest of their best bounds),
+    and the updates and seconds each arm needs to first reach it (means over seeds): a speed yardstick
+    that does not depend on which arm ends higher (where they overfit at different times)."""
+    bests = [r["best_dev_bound_prior"] for r in wsram + var]
+    if not wsram or not var or any(b is None for b in bests):
+        return None
+    level = min(bests)
+    result: dict[str, Any] = {"level": level}
+    for name, members in (("wsram", wsram), ("var", var)):
+        points = _reaching(out, members, level)
+        result[f"{name}_updates"] = _mean([p["step"] for p in points])
+        result[f"{name}_gpu_seconds"] = _mean([p["gpu_seconds"] for p in points])
+        if timing and timing.get(name) is not None:
+            result[f"{name}_alone_seconds"] = result[f"{name}_updates"] * timing[name]
+    result["update_ratio_wsram_over_var"] = result["wsram_updates"] / result["var_updates"]
+    result["gpu_seconds_ratio_wsram_over_var"] = result["wsram_gpu_seconds"] / result["var_gpu_seconds"]
+    if "wsram_alone_seconds" in result and "var_alone_seconds" in result:
+        result["alone_seconds_ratio_wsram_over_var"] = result["wsram_alone_seconds"] / result["var_alone_seconds"]
+    return result
+
+
+def _targets(study: Study, out: Path, runs: list[dict], timing: dict[str, float] | None = None) -> dict:
     """Issue 8's targets, from the arms named `wsram` and `var` (where present): the updates and GPU
     seconds WS-RAM needs to reach VAR's best dev bound (mean over VAR's seeds) against those VAR
     needed to reach it; the test BLEU-4 difference; the prior's gradient variance without control
@@ -382,6 +443,9 @@ def _targets(study: Study, out: Path, runs: list[dict]) -> dict:
     var_seconds = _mean([point["gpu_seconds"] for point in var_points])
     targets["var_updates_to_its_best"] = var_steps
     targets["var_gpu_seconds_to_its_best"] = var_seconds
+    alone = {name: timing.get(name) for name in ("wsram", "var")} if timing else {}
+    if alone.get("var") is not None and var_steps is not None:
+        targets["var_alone_seconds_to_its_best"] = var_steps * alone["var"]
     if wsram and var_best is not None:
         reach = []
         for run in wsram:
@@ -399,6 +463,14 @@ def _targets(study: Study, out: Path, runs: list[dict]) -> dict:
             targets["gpu_seconds_ratio_wsram_over_var"] = seconds / var_seconds if var_seconds else None
             targets["met_updates_at_most_one_third"] = targets["update_ratio_wsram_over_var"] <= 1 / 3
             targets["met_gpu_seconds_at_most_one_tenth"] = targets["gpu_seconds_ratio_wsram_over_var"] <= 0.1
+            if alone.get("wsram") is not None and alone.get("var") is not None and var_steps:
+                ratio = updates * alone["wsram"] / (var_steps * alone["var"])
+                targets["alone_seconds_ratio_wsram_over_var"] = ratio
+                targets["met_alone_seconds_at_most_one_tenth"] = ratio <= 0.1
+        else:
+            targets["met_updates_at_most_one_third"] = False
+            targets["met_gpu_seconds_at_most_one_tenth"] = False
+        targets["common_level"] = _common_level(out, wsram, var, timing)
         wsram_bleu = _mean([r["test_bleu_4"] for r in wsram])
         var_bleu = _mean([r["test_bleu_4"] for r in var])
         if wsram_bleu is not None and var_bleu is not None:

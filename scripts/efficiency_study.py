@@ -9,6 +9,9 @@ settings; captioner/study.py documents the format and every file written under -
 the same command resumes an interrupted study: finished runs are kept, an unfinished one continues
 from its last checkpoint. `--max-runs N` stops after N new runs (to spread a grid over several
 sessions); `--summarise` only rewrites summary.json and the figures from the runs already there.
+Where the runs shared a GPU, `--timing FILE` (each estimator's seconds per update alone on it, from
+scripts/time_training.py) adds clocks at those costs: summary.json's alone_seconds and
+bound_vs_alone_seconds.png.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from captioner.study import load_study, run_names, run_study, summarise  # noqa: E402
+from captioner.study import load_study, load_timing, run_names, run_study, summarise  # noqa: E402
 
 
 def main() -> None:
@@ -38,20 +41,25 @@ def main() -> None:
                         help="train only: write no summary or figures (several workers sharing --out)")
     parser.add_argument("--list", action="store_true", help="print the study's run names, one a line, and exit")
     parser.add_argument("--summarise", action="store_true", help="only summarise the runs already under --out")
+    parser.add_argument("--timing", metavar="JSONL",
+                        help="seconds per update of each estimator alone on the GPU (scripts/time_training.py "
+                             "output): also gives every clock as updates x that cost, for runs that shared a GPU")
     args = parser.parse_args()
     study = load_study(args.study)
     study.overrides += args.set + ([f"train.device={args.device}"] if args.device else [])
     if args.list:
         print("\n".join(run_names(study)))
         return
+    timing = load_timing(args.timing) if args.timing else None
     if args.summarise:
         from captioner.study_plots import plot_study
 
-        summary = summarise(study, Path(args.out))
+        summary = summarise(study, Path(args.out), timing)
         (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_study(study, Path(args.out), summary)
     else:
-        summary = run_study(study, args.out, args.max_runs, only=args.only, write_summary=not args.no_summary)
+        summary = run_study(study, args.out, args.max_runs, only=args.only, write_summary=not args.no_summary,
+                            timing=timing)
         if summary is None:
             return
     for name, arm in summary["arms"].items():

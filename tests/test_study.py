@@ -160,3 +160,48 @@ def test_only_trains_the_named_runs_and_workers_can_skip_the_summary(tmp_path):
     assert listing.stdout.split() == ["wsram-s0", "var-s0"]
     summary = run_study(study, out, only=["wsram-s0"])
     assert [r["finished"] for r in summary["runs"]] == [True, True]
+
+
+def _fake_run(out: Path, name: str, bounds: list[float], seconds_per_update: float) -> None:
+    folder = out / "runs" / name
+    folder.mkdir(parents=True)
+    steps = [100 * i for i in range(len(bounds))]
+    folder.joinpath("curve.jsonl").write_text("".join(
+        json.dumps({"step": s, "gpu_seconds": s * seconds_per_update, "dev_bound_prior": b, "dev_bleu_4_greedy": 0.1})
+        + "\n" for s, b in zip(steps, bounds)))
+    folder.joinpath("result.json").write_text(json.dumps(
+        {"steps": steps[-1], "gpu_seconds": steps[-1] * seconds_per_update, "test": {"Bleu_4": 0.2}}))
+
+
+def test_targets_when_wsram_peaks_lower_and_the_clocks_of_runs_that_shared_a_gpu(tmp_path):
+    """WS-RAM climbs faster but overfits below VAR's best: the target is missed (not left out), and the
+    common level (the lowest best bound of all runs) is reached at the first update each arm gets
+    there; a timing file alone on the GPU turns updates into seconds at each estimator's cost."""
+    from captioner.study import load_timing, summarise
+    from captioner.study_plots import plot_study
+
+    study = load_study(_study(tmp_path))
+    out = tmp_path / "out"
+    _fake_run(out, "wsram-s0", [-90.0, -40.0, -33.0, -34.0, -35.0], 0.5)
+    _fake_run(out, "var-s0", [-90.0, -50.0, -38.0, -33.5, -32.0], 0.1)
+    timing_file = tmp_path / "timing.jsonl"
+    timing_file.write_text('{"estimator": "wsram", "seconds_per_update": 0.02}\n'
+                           '{"estimator": "var", "seconds_per_update": 0.08, "device": "x"}\n')
+    timing = load_timing(timing_file)
+    summary = summarise(study, out, timing)
+    targets = summary["targets"]
+    assert targets["wsram_reaches_var_best"] == [None]
+    assert targets["met_updates_at_most_one_third"] is False
+    common = targets["common_level"]
+    assert common["level"] == -33.0
+    assert (common["wsram_updates"], common["var_updates"]) == (200, 400)
+    assert common["gpu_seconds_ratio_wsram_over_var"] == pytest.approx(100 / 40)  # the shared clocks
+    assert common["alone_seconds_ratio_wsram_over_var"] == pytest.approx(200 * 0.02 / (400 * 0.08))
+    assert [r["alone_seconds"] for r in summary["runs"]] == [pytest.approx(8.0), pytest.approx(32.0)]
+    assert targets["var_alone_seconds_to_its_best"] == pytest.approx(32.0)
+    written = plot_study(study, out, summary)
+    assert out / "bound_vs_alone_seconds.png" in written
+
+    timing_file.write_text('{"estimator": "wsram"}\n')
+    with pytest.raises(ConfigError, match=r"timing.jsonl:1: not a timing line"):
+        load_timing(timing_file)

@@ -332,6 +332,14 @@ def load_timing(path: str | Path) -> dict[str, float]:
     return timing
 
 
+def timed_cost(arm: Arm, timing: dict[str, float]) -> float | None:
+    """An arm's seconds per update alone on the GPU: timed under its own name, else its estimator's
+    timing when the arm changes nothing else (an ablation's K or proposal changes the cost)."""
+    if arm.name in timing:
+        return timing[arm.name]
+    return timing.get(arm.estimator) if not arm.overrides else None
+
+
 def summarise(study: Study, out: Path, timing: dict[str, float] | None = None) -> dict:
     """Per run: final test scores, best dev bound and BLEU-4, GPU seconds; per arm: means; and the
     targets of issue 8 as measured (None where a needed run is missing). With `timing` (seconds per
@@ -363,9 +371,11 @@ def summarise(study: Study, out: Path, timing: dict[str, float] | None = None) -
                                     for v in variance],
             })
     if timing:
-        for run in runs:
-            cost = timing.get(run["estimator"])
-            run["alone_seconds"] = run["steps"] * cost if cost is not None else None
+        for arm in study.arms:
+            cost = timed_cost(arm, timing)
+            for run in runs:
+                if run["arm"] == arm.name:
+                    run["alone_seconds"] = run["steps"] * cost if cost is not None else None
     summary = {"runs": runs, "arms": _arm_means(runs), "targets": _targets(study, out, runs, timing)}
     if timing:
         summary["timing_alone_seconds_per_update"] = timing

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.plots import plt, save_figure
+from captioner.study import timed_cost
 
 
 def _curves(out: Path, arm) -> list[list[dict]]:
@@ -73,15 +74,17 @@ def plot_study(study, out: Path, summary: dict) -> list[Path]:
     colours = plt.get_cmap("tab20").colors
     colour = {arm.name: colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20] for i, arm in enumerate(study.arms)}
     for name, x_key, y_key, x_label, y_label in panels:
-        figure, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.8), squeeze=False)
-        for axis, (title, arms) in zip(axes[0], groups):
+        shown_groups = groups[:1] if x_key == "alone_seconds" else groups  # ablations are not timed alone
+        figure, axes = plt.subplots(1, len(shown_groups), figsize=(6.5 * len(shown_groups), 4.8), squeeze=False)
+        for axis, (title, arms) in zip(axes[0], shown_groups):
             shown = []
             for arm in arms:
                 curves = _curves(out, arm)
                 if x_key == "alone_seconds":
-                    if timing.get(arm.estimator) is None:
+                    cost = timed_cost(arm, timing)
+                    if cost is None:
                         continue
-                    curves = [[{**r, "alone_seconds": r["step"] * timing[arm.estimator]} for r in c] for c in curves]
+                    curves = [[{**r, "alone_seconds": r["step"] * cost} for r in c] for c in curves]
                 if curves:
                     dashed = len(arm.seeds) == 1 and len(groups) > 1
                     shown.append(_band(axis, curves, x_key, y_key, arm.name, color=colour[arm.name],

@@ -15,7 +15,9 @@
 #   stage study-parallel [SECONDS]  the same study, one worker per GPU taking the next unfinished run
 #                    (longest arms first) until SECONDS have passed; runs live in /root/study (seeded from
 #                    eval/efficiency/flickr8k), so a run cut off at SECONDS resumes from its checkpoint in
-#                    the next call while the machine is warm; results without checkpoints packed into $OUT
+#                    the next call while the machine is warm; results without checkpoints packed into $OUT.
+#                    WORKERS_PER_GPU=N: N runs share each GPU (each takes 20-27 GiB at its K = 100
+#                    evaluations: 6 fit an H200); STUDY_FIRST="ARM-sSEED ...": those runs first
 #   stage timing     seconds per update of WS-RAM, VAR and soft alone on the GPU (after `prepare block15`)
 #   stage train "NAME CONFIG [KEY=VALUE ...]" ...  one or more runs in parallel on the one GPU, each
 #                    writing /root/runs/NAME; logs, metrics, curves and test captions packed into $OUT

@@ -370,13 +370,12 @@ def summarise(study: Study, out: Path, timing: dict[str, float] | None = None) -
                                         for g, s in v.get("with_prior_control_variate", {}).items()}}
                                     for v in variance],
             })
+    costs = {arm.name: timed_cost(arm, timing) for arm in study.arms} if timing else {}
     if timing:
-        for arm in study.arms:
-            cost = timed_cost(arm, timing)
-            for run in runs:
-                if run["arm"] == arm.name:
-                    run["alone_seconds"] = run["steps"] * cost if cost is not None else None
-    summary = {"runs": runs, "arms": _arm_means(runs), "targets": _targets(study, out, runs, timing)}
+        for run in runs:
+            cost = costs[run["arm"]]
+            run["alone_seconds"] = run["steps"] * cost if cost is not None else None
+    summary = {"runs": runs, "arms": _arm_means(runs), "targets": _targets(study, out, runs, costs)}
     if timing:
         summary["timing_alone_seconds_per_update"] = timing
     return summary
@@ -409,7 +408,7 @@ def _reaching(out: Path, runs: list[dict], level: float) -> list[dict | None]:
     return points
 
 
-def _common_level(out: Path, wsram: list[dict], var: list[dict], timing: dict[str, float] | None) -> dict | None:
+def _common_level(out: Path, wsram: list[dict], var: list[dict], costs: dict[str, float | None]) -> dict | None:
     """The best dev bound that every WS-RAM and every VAR run reaches (the lowest of their best bounds),
     and the updates and seconds each arm needs to first reach it (means over seeds): a speed yardstick
     that does not depend on which arm ends higher (where they overfit at different times)."""
@@ -422,8 +421,8 @@ def _common_level(out: Path, wsram: list[dict], var: list[dict], timing: dict[st
         points = _reaching(out, members, level)
         result[f"{name}_updates"] = _mean([p["step"] for p in points])
         result[f"{name}_gpu_seconds"] = _mean([p["gpu_seconds"] for p in points])
-        if timing and timing.get(name) is not None:
-            result[f"{name}_alone_seconds"] = result[f"{name}_updates"] * timing[name]
+        if costs.get(name) is not None:
+            result[f"{name}_alone_seconds"] = result[f"{name}_updates"] * costs[name]
     result["update_ratio_wsram_over_var"] = result["wsram_updates"] / result["var_updates"]
     result["gpu_seconds_ratio_wsram_over_var"] = result["wsram_gpu_seconds"] / result["var_gpu_seconds"]
     if "wsram_alone_seconds" in result and "var_alone_seconds" in result:
@@ -431,7 +430,7 @@ def _common_level(out: Path, wsram: list[dict], var: list[dict], timing: dict[st
     return result
 
 
-def _targets(study: Study, out: Path, runs: list[dict], timing: dict[str, float] | None = None) -> dict:
+def _targets(study: Study, out: Path, runs: list[dict], costs: dict[str, float | None] | None = None) -> dict:
     """Issue 8's targets, from the arms named `wsram` and `var` (where present): the updates and GPU
     seconds WS-RAM needs to reach VAR's best dev bound (mean over VAR's seeds) against those VAR
     needed to reach it; the test BLEU-4 difference; the prior's gradient variance without control
@@ -453,16 +452,11 @@ def _targets(study: Study, out: Path, runs: list[dict], timing: dict[str, float]
     var_seconds = _mean([point["gpu_seconds"] for point in var_points])
     targets["var_updates_to_its_best"] = var_steps
     targets["var_gpu_seconds_to_its_best"] = var_seconds
-    alone = {name: timing.get(name) for name in ("wsram", "var")} if timing else {}
+    alone = costs or {}  # each arm's seconds per update alone on the GPU, where timed
     if alone.get("var") is not None and var_steps is not None:
         targets["var_alone_seconds_to_its_best"] = var_steps * alone["var"]
     if wsram and var_best is not None:
-        reach = []
-        for run in wsram:
-            curve = _read_jsonl(out / "runs" / f"{run['arm']}-s{run['seed']}" / "curve.jsonl")
-            point = _first_reaching(curve, "dev_bound_prior", var_best)
-            reach.append(None if point is None else {"seed": run["seed"], "step": point["step"],
-                                                      "gpu_seconds": point["gpu_seconds"]})
+        reach = _reaching(out, wsram, var_best)
         reached = [r for r in reach if r is not None]
         targets["var_best_dev_bound_prior_mean"] = var_best
         targets["wsram_reaches_var_best"] = reach
@@ -480,7 +474,7 @@ def _targets(study: Study, out: Path, runs: list[dict], timing: dict[str, float]
         else:
             targets["met_updates_at_most_one_third"] = False
             targets["met_gpu_seconds_at_most_one_tenth"] = False
-        targets["common_level"] = _common_level(out, wsram, var, timing)
+        targets["common_level"] = _common_level(out, wsram, var, alone)
         wsram_bleu = _mean([r["test_bleu_4"] for r in wsram])
         var_bleu = _mean([r["test_bleu_4"] for r in var])
         if wsram_bleu is not None and var_bleu is not None:

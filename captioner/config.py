@@ -105,6 +105,16 @@ class ModelConfig:
     # Start the decoder blind to its glimpse (zero weights on z_t in the LSTM input and the deep
     # output), so that early glimpses add no noise that the attention would learn to avoid.
     zero_init_glimpse: bool = False
+    # Where h_0, c_0 come from: "mean_feature" (tanh(W mean_i F_i), Show-Attend-Tell's and the spec's)
+    # or "learned" (a learned constant: the image reaches the decoder through its glimpses only).
+    initial_state: Literal["mean_feature", "learned"] = "mean_feature"
+    # While training, replace the mean feature behind h_0, c_0 by zeros for each image (each caption
+    # where the decoder reads one grid per caption; always shared by a caption's K samples) with this
+    # probability (an information bottleneck on the initial state, as word dropout in text VAEs): a
+    # decoder that can describe the image from h_0 has no reason to read its glimpses, and the
+    # attention then settles wherever it first drifts, away from the objects as often as not
+    # (the "look-away" mode, eval/scenes/lookaway/README.md). 0.75 measured best on the built-in data.
+    initial_state_dropout: float = 0.75
     # Start the prior and the proposal exactly uniform (zero weights on the attention score), so
     # that where they first lean comes from the estimator's signal, not from random initial weights
     # meeting features that change for other reasons.
@@ -127,6 +137,12 @@ class EstimatorConfig:
     # grows with the distance between prior and q, and on the scenes data it kept the prior from
     # following q (eval/README.md); off by default: the prior gets the plain wake update.
     prior_control_variate: bool = False
+    # How the prior learns from the K weighted samples: "wake", the spec's -sum_k w~_k log pi(a^k)
+    # (minus c^p); "expected", each sampled location's log pi_t(a_t) replaced by its expectation
+    # sum_i q_t(i) log pi_t(i) under the proposal it was drawn from (weights unchanged; c^p unused).
+    # The sampled form moves the prior by sampling noise alone while the weights carry no signal
+    # (q = pi, decoder blind to its glimpse); the expected form is then exactly zero.
+    prior_update: Literal["wake", "expected"] = "wake"
     sleep_update: bool = False
     sleep_weight: float = 1.0
     defensive_weight: float = 0.0  # delta of the mixture (1 - delta) q + delta * component
@@ -148,7 +164,7 @@ class EstimatorConfig:
 class TrainConfig:
     """Optimisation, validation and checkpointing."""
 
-    epochs: int = 9
+    epochs: int = 14
     max_steps: int = 0  # 0: no limit; otherwise stop (and checkpoint) after this many updates
     batch_size: int = 20  # images per update (the whole update: under torchrun, over all processes)
     # Captions of each image in an epoch, drawn anew every epoch (0: all of them). An update holds
@@ -167,6 +183,8 @@ class TrainConfig:
     # Which compiled kernels the attention scores use: "triton" (hand-written forward and backward,
     # captioner/models/attention_kernels.py) or "inductor" (torch.compile'd reductions).
     attention_kernel: Literal["triton", "inductor"] = "triton"
+    # Fraction of the updates over which model.initial_state_dropout falls linearly to 0 (0: constant).
+    initial_state_dropout_decay: float = 0.0
     learning_rate: float = 5e-3
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decay to final_lr_fraction at the end
     final_lr_fraction: float = 0.05
@@ -359,6 +377,7 @@ def validate(config: ExperimentConfig) -> None:
                        ("model.encoder.feature_dropout", m.encoder.feature_dropout)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key}: must lie in [0, 1), got {value}")
+    probability("model.initial_state_dropout", m.initial_state_dropout)  # 1: never the mean feature
     positive("estimator.samples", e.samples)
     probability("estimator.defensive_weight", e.defensive_weight)
     probability("estimator.expected_glimpse_probability", e.expected_glimpse_probability)
@@ -373,6 +392,9 @@ def validate(config: ExperimentConfig) -> None:
     if e.name == "wsram" and m.proposal == "none" and e.proposal_source == "model":
         raise ConfigError("model.proposal: wsram needs a proposal network ('factorised' or 'sequential'), got 'none'"
                           " (or set estimator.proposal_source: prior)")
+    if e.name == "wsram" and e.proposal_source == "prior" and e.prior_update == "expected":
+        raise ConfigError("estimator.prior_update: 'expected' takes the expectation under the proposal network; "
+                          "with estimator.proposal_source: prior it would be zero (use 'wake')")
     if e.name == "wsram" and e.proposal_source == "prior" and e.sleep_update:
         raise ConfigError("estimator.sleep_update trains a proposal network; with estimator.proposal_source: prior "
                           "there is none to train")
@@ -383,6 +405,7 @@ def validate(config: ExperimentConfig) -> None:
     positive("train.learning_rate", t.learning_rate)
     non_negative("train.weight_decay", t.weight_decay)
     probability("train.final_lr_fraction", t.final_lr_fraction)
+    probability("train.initial_state_dropout_decay", t.initial_state_dropout_decay)
     positive("train.grad_clip", t.grad_clip)
     if t.device != "cpu" and not t.device.startswith("cuda"):
         raise ConfigError(f"train.device: must be 'cpu', 'cuda' or 'cuda:N', got {t.device!r}")

@@ -55,6 +55,7 @@ def wsram_surrogate(
     log_q: torch.Tensor,
     control_variates: bool = True,
     prior_control_variate: bool = True,
+    prior_term: torch.Tensor | None = None,
 ) -> SurrogateTerms:
     """The WS-RAM surrogate for K samples per caption, each argument (B, K):
     log p(y | a^k, x), log p(a^k | x) and log q(a^k | y, x) of the distribution sampled from.
@@ -63,7 +64,9 @@ def wsram_surrogate(
                - sum_k sg(w~_k - c^q_k) log q(a^k|y,x)
 
     with c^q_k = 1/K and c^p_k = softmax_k(log p(a^k|x) - log q(a^k|y,x)) when `control_variates`,
-    else c = 0 (c^p alone is dropped with `prior_control_variate=False`)."""
+    else c = 0 (c^p alone is dropped with `prior_control_variate=False`). `prior_term` (B, K), when
+    given, is what the prior's coefficient multiplies instead of log p(a^k|x) (the weights still use
+    log p(a^k|x))."""
     log_weights = log_p_words + log_p_locations - log_q
     weights = normalized_weights(log_weights.detach())
     k = log_weights.shape[-1]
@@ -75,7 +78,7 @@ def wsram_surrogate(
         c_q = c_p = torch.zeros_like(weights)
     coefficients = {"words": weights, "locations": weights - c_p, "proposal": weights - c_q}
     loss = -(coefficients["words"] * log_p_words).sum(-1)
-    loss = loss - (coefficients["locations"] * log_p_locations).sum(-1)
+    loss = loss - (coefficients["locations"] * (log_p_locations if prior_term is None else prior_term)).sum(-1)
     loss = loss - (coefficients["proposal"] * log_q).sum(-1)
     return SurrogateTerms(loss, likelihood_bound_from_log_weights(log_weights.detach()), weights, coefficients)
 
@@ -97,6 +100,10 @@ class LocationSamples:
     locations: torch.Tensor  # (B, K, T)
     prior_entropy: torch.Tensor  # (B, K): mean over real steps of H(pi_t)
     proposal_entropy: torch.Tensor  # (B, K): mean over real steps of H(q_t)
+    # (B, K): sum over real steps of sum_i sg(q_t(i)) log pi_t(i | h_{t-1}) along each sampled path: log pi
+    # of the sampled location replaced by its expectation under the distribution it was drawn from
+    # (only when asked for: draw_locations(..., expected_prior=True))
+    expected_log_p_locations: torch.Tensor | None = None
 
 
 def _mix_defensive(log_q: torch.Tensor, log_prior: torch.Tensor, weight: float, component: str) -> torch.Tensor:
@@ -137,6 +144,7 @@ def draw_locations(
     generator: torch.Generator | None = None,
     rows: torch.Tensor | None = None,
     layout: str = "fused",
+    expected_prior: bool = False,
 ) -> LocationSamples:
     """Draw `samples` location sequences per caption and score them.
 
@@ -144,7 +152,9 @@ def draw_locations(
     the model's own prior pi (then log q = log p(a|x) and L_K is plain importance sampling).
     features (B, L, D) for the B captions of `text`; or, with rows (B,), features (M, L, D) of M
     images and rows[n] the image of caption n (the fused layout then never copies a grid per caption).
-    layout='stepwise' runs the decoder word by word even where the fused layout applies."""
+    layout='stepwise' runs the decoder word by word even where the fused layout applies.
+    expected_prior=True also returns sum_t E_{a_t ~ q_t}[log pi_t(a_t)] along each path (q_t the
+    sampling distribution, held constant)."""
     b = len(text)
     decoder = model.decoder
     repeated = text.repeat(samples)
@@ -161,10 +171,10 @@ def draw_locations(
         log_q_steps = q_network.log_probs(features, text.targets, text.lengths, rows).repeat_interleave(samples, 0)
         log_q_steps = _mix_defensive(log_q_steps, log_q_steps, defensive_weight, "uniform")
         locations = gumbel_argmax(log_q_steps, generator)
-        output = decoder.forward_given_locations(features, repeated.inputs, locations, rows_k)
+        output = decoder.forward_given_locations(features, repeated.inputs, locations, rows_k, group=samples)
     elif q_network is None:
         features_k = features.index_select(0, rows_k)
-        output = decoder.forward_stepwise(features_k, repeated.inputs, "prior", generator=generator)
+        output = decoder.forward_stepwise(features_k, repeated.inputs, "prior", generator=generator, group=samples)
         log_q_steps = None
     else:
         features_k = features.index_select(0, rows_k)
@@ -181,13 +191,19 @@ def draw_locations(
             return _mix_defensive(log_q_t, log_prior, defensive_weight, defensive_component)
 
         output = decoder.forward_stepwise(features_k, repeated.inputs, "proposal", proposal=proposal_step,
-                                          generator=generator)
+                                          generator=generator, group=samples)
         log_q_steps = output.proposal_log_probs
 
     terms = score_sequences(output, repeated, log_q_steps)
     log_p_words, log_p_locations, log_q, prior_entropy, proposal_entropy = (x.view(b, samples) for x in terms)
+    expected = None
+    if expected_prior:
+        if log_q_steps is None:
+            raise ValueError("the expected prior term needs a proposal to draw from (proposal='model')")
+        per_step = (log_q_steps.detach().exp() * log_softmax(output.attention_logits)).sum(-1)
+        expected = masked_sum(per_step, repeated.mask).view(b, samples)
     return LocationSamples(log_p_words, log_p_locations, log_q, output.locations.view(b, samples, -1),
-                           prior_entropy, proposal_entropy)
+                           prior_entropy, proposal_entropy, expected)
 
 
 # ---- estimators -------------------------------------------------------------------------------
@@ -226,11 +242,16 @@ def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
     constant (no proposal term to train), the weights are proportional to p(y | a, x) and the prior
     learns from its own samples."""
     source = config.proposal_source
+    expected = config.prior_update == "expected"
     drawn = draw_locations(model, features, text, config.samples, source, config.defensive_weight,
-                           config.defensive_component, generator, rows, config.layout)
+                           config.defensive_component, generator, rows, config.layout, expected_prior=expected)
     log_q = drawn.log_q if source == "model" else drawn.log_q.detach()
+    # prior_update "expected": the prior's wake term with each sampled location's log pi_t replaced by
+    # its expectation under q_t (same weights w~), which is exactly zero while q = pi whatever the
+    # samples; the weights still score the sampled locations.
     terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, log_q, config.control_variates,
-                            config.prior_control_variate)
+                            config.prior_control_variate and not expected,
+                            prior_term=drawn.expected_log_p_locations if expected else None)
     loss = terms.loss.mean()
     weights = terms.weights
     diagnostics = {

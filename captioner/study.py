@@ -29,7 +29,9 @@ A study is one YAML file (`eval/efficiency/*.yaml` are examples):
   decoder's and the proposal's parameters (captioner.diagnostics), for this run's estimator and,
   for WS-RAM runs, also with no control variates and with the prior's control variate c^p on (same
   parameters, same minibatch);
-- `result.json` when the run is done: test scores with beam `test_beam` of the best-by-dev model.
+- `result.json` when the run is done: test scores with beam `test_beam` of the best-by-dev model,
+  and `test_captions.json`, its test captions in the COCO results format (to score them again, e.g.
+  with METEOR where Java is); with `save_models: true`, also that model's folder `model/`.
 An interrupted study resumes: finished runs are kept, an unfinished run continues from its last
 checkpoint (its curve lines past that update are dropped and measured again).
 
@@ -77,6 +79,7 @@ class Study:
     variance_points: list[float] = dataclasses.field(default_factory=lambda: [0.05, 0.5, 1.0])
     variance_draws: int = 20
     test_beam: int = 3
+    save_models: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -113,7 +116,8 @@ def load_study(path: str | Path) -> Study:
     study = Study(arms, config, list(data.get("set", [])), int(data.get("eval_every", 100)),
                   int(data.get("bound_samples", 100)), int(data.get("dev_images", 0)),
                   [float(f) for f in data.get("variance_points", [0.05, 0.5, 1.0])],
-                  int(data.get("variance_draws", 20)), int(data.get("test_beam", 3)))
+                  int(data.get("variance_draws", 20)), int(data.get("test_beam", 3)),
+                  bool(data.get("save_models", False)))
     if study.eval_every < 1 or study.bound_samples < 1 or study.variance_draws < 2:
         raise ConfigError(f"{path}: eval_every and bound_samples must be >= 1 and variance_draws >= 2")
     if not all(0.0 <= f <= 1.0 for f in study.variance_points):
@@ -173,16 +177,20 @@ class _Run:
         trainer, study = self.trainer, self.study
         model, device = trainer.model, trainer.device
         dev = trainer.splits["val"]
-        images = study.dev_images or len(dev)
+        images = min(study.dev_images or len(dev), len(dev))
         was_training = model.training
         model.eval()
         with torch.no_grad():
+            # Images per chunk so that a chunk holds about 4,000 sequences (5 captions x K samples each):
+            # at K = 100 a chunk of 32 images took 20-27 GiB of GPU memory, too much for runs sharing a GPU.
+            chunk = max(1, min(32, 4096 // (5 * study.bound_samples)))
             prior = mean_bound(model, dev, study.bound_samples, "prior", device, images=images,
-                               distributed=trainer.distributed)
+                               distributed=trainer.distributed, batch_size=chunk)
             record = {"dev_bound_prior": prior["bound"], "dev_bound_prior_per_word": prior["bound_per_word"]}
             if model.proposal is not None:
                 record["dev_bound_proposal"] = mean_bound(model, dev, study.bound_samples, "model", device,
-                                                          images=images, distributed=trainer.distributed)["bound"]
+                                                          images=images, distributed=trainer.distributed,
+                                                          batch_size=chunk)["bound"]
             greedy = DecodeConfig(beam_size=1, max_length=self.config.decode.max_length)
             captions = trainer.distributed.gather(generate(model, dev, greedy, device,
                                                            images=trainer.distributed.share(images)))
@@ -254,8 +262,15 @@ class _Run:
         trainer.train(after_update=self.measure)
         trainer.load_best()
         decode = dataclasses.replace(self.config.decode, beam_size=self.study.test_beam)
-        scores, _ = evaluate_split(trainer.model, trainer.splits["test"], decode, trainer.device,
-                                   self.config.train.validation_samples, distributed=trainer.distributed)
+        test = trainer.splits["test"]
+        scores, captions = evaluate_split(trainer.model, test, decode, trainer.device,
+                                          self.config.train.validation_samples, distributed=trainer.distributed)
+        if trainer.distributed.is_main:
+            (self.folder / "test_captions.json").write_text(json.dumps(
+                [{"image_id": i, "caption": c.text} for i, c in zip(test.image_ids, captions)], indent=0))
+            if self.study.save_models:
+                trainer.model.save_pretrained(self.folder / "model", decode)
+                (self.folder / "model" / "training_config.yaml").write_text((self.folder / "config.yaml").read_text())
         result = {"arm": self.arm.name, "estimator": self.arm.estimator, "seed": self.seed,
                   "steps": trainer.step, "gpu_seconds": trainer.train_seconds, "test_beam": self.study.test_beam,
                   "test": scores, "config": self.config.to_dict()}

@@ -240,6 +240,16 @@ class Trainer:
         progress = min(step / max(total - 1, 1), 1.0)
         return t.learning_rate * (t.final_lr_fraction + (1 - t.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    def initial_state_dropout(self, step: int) -> float:
+        """model.initial_state_dropout at update `step`: constant, or falling linearly to 0 over the
+        first train.initial_state_dropout_decay of the updates (a pure function of the step)."""
+        start = self.config.model.initial_state_dropout
+        decay = self.config.train.initial_state_dropout_decay
+        if decay <= 0.0:
+            return start
+        total = self.config.train.epochs * self.sampler.batches_per_epoch
+        return start * max(0.0, 1.0 - step / max(decay * total, 1.0))
+
     def _log(self, record: dict) -> None:
         if self.distributed.is_main:
             with open(self.out_dir / "log.jsonl", "a") as handle:
@@ -261,6 +271,7 @@ class Trainer:
         t = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step) * group["lr_scale"]
+        self.model.decoder.initial_state_dropout = self.initial_state_dropout(self.step)
         stats = training_update(self.model, self.optimizer, inputs, input_kind, image_index, text,
                                 self.config.estimator, self.baseline, t.grad_clip, t.bf16,
                                 self._randomness(start, stop, total), loss_module=self.objective)

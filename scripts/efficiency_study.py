@@ -39,6 +39,8 @@ def main() -> None:
                         help="train only these runs (e.g. wsram-s0 var-s1), as parallel workers on one --out do")
     parser.add_argument("--no-summary", action="store_true",
                         help="train only: write no summary or figures (several workers sharing --out)")
+    parser.add_argument("--save-models", action="store_true",
+                        help="also export each finished run's best model to runs/ARM-sSEED/model")
     parser.add_argument("--list", action="store_true", help="print the study's run names, one a line, and exit")
     parser.add_argument("--summarise", action="store_true", help="only summarise the runs already under --out")
     parser.add_argument("--timing", metavar="JSONL",
@@ -47,6 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     study = load_study(args.study)
     study.overrides += args.set + ([f"train.device={args.device}"] if args.device else [])
+    study.save_models = study.save_models or args.save_models
     if args.list:
         print("\n".join(run_names(study)))
         return

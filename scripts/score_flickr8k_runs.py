@@ -1,6 +1,10 @@
 """Score the test captions of Flickr8k runs with coco-caption's scorers, METEOR included (needs Java).
 
     python scripts/score_flickr8k_runs.py eval/flickr8k/runs/* --root ../shared/data/flickr8k
+    python scripts/score_flickr8k_runs.py eval/efficiency/flickr8k/runs/* --summary SUMMARY.json
+
+A run is a `captioner train` folder (metrics.json) or an efficiency-study run (result.json); both
+hold test_captions.json.
 
 The GPU machine has no Java, so a run scores BLEU, ROUGE-L and CIDEr there with the pure-Python PTB
 tokenizer and leaves METEOR out. This script scores each run's `test_captions.json` again with the
@@ -35,9 +39,18 @@ def main() -> None:
             continue
         captions = {c["image_id"]: c["caption"] for c in json.loads(path.read_text())}
         result = score_captions(captions, {i: references[i] for i in captions}, tokenizer="java")
-        metrics = json.loads((run / "metrics.json").read_text())
+        if (run / "metrics.json").is_file():
+            metrics = json.loads((run / "metrics.json").read_text())
+        else:  # an efficiency-study run: its test scores and config in result.json
+            study_result = json.loads((run / "result.json").read_text())
+            test = study_result["test"]
+            metrics = {**test, "dataset": "flickr8k", "split": "test", "estimator": study_result["estimator"],
+                       "beam_size": study_result["test_beam"], "config": study_result["config"],
+                       "best_val_bleu_4": None, "train_seconds": study_result["gpu_seconds"],
+                       "wall_seconds": None, "steps": study_result["steps"],
+                       "epochs": study_result["config"]["train"]["epochs"]}
         for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
-            if abs(metrics[key] - result.corpus[key]) > 1e-6:
+            if key in metrics and abs(metrics[key] - result.corpus[key]) > 1e-6:
                 raise SystemExit(f"{run}: {key} {metrics[key]} (device, Python tokenizer) != {result.corpus[key]} (Java)")
         (run / "scores.json").write_text(json.dumps(result.to_dict(per_image=True), indent=1))
         config = metrics["config"]
@@ -45,7 +58,7 @@ def main() -> None:
             "dataset": metrics["dataset"], "split": metrics["split"], "estimator": metrics["estimator"],
             "beam_size": metrics["beam_size"], **{k: result.corpus[k] for k in KEYS},
             "tokenizer": result.tokenizer, "best_val_bleu_4_greedy": metrics["best_val_bleu_4"],
-            "bound_prior": metrics["bound_prior"], "bound_proposal": metrics.get("bound_proposal"),
+            "bound_prior": metrics.get("bound_prior"), "bound_proposal": metrics.get("bound_proposal"),
             "train_seconds": metrics["train_seconds"], "wall_seconds": metrics["wall_seconds"],
             "steps": metrics["steps"], "epochs": metrics["epochs"],
             "layer": config["model"]["encoder"]["layer"], "hidden_dim": config["model"]["hidden_dim"],

@@ -26,6 +26,7 @@ class TinyCase:
             encoder=EncoderConfig(feature_dim=5, grid=2),
             embedding_dim=4, hidden_dim=6, attention_dim=4, proposal=proposal, proposal_hidden_dim=3,
             uniform_attention_init=False,  # random attention weights: the checks need non-uniform pi and q
+            initial_state_dropout=0.0,  # p(y, a | x) must be one fixed distribution to enumerate
         )
         self.model = CaptionModel(config, self.vocabulary, image_size=16).double()
         # Draw the decoder's and proposal's weights from their own generator, so the case does not

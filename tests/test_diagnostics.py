@@ -15,7 +15,8 @@ from captioner.models.captioner import CaptionModel
 def _model(attention: str = "hard", proposal: str = "factorised", dropout: float = 0.3) -> CaptionModel:
     torch.manual_seed(0)
     config = ModelConfig(embedding_dim=6, hidden_dim=8, attention_dim=5, proposal_hidden_dim=4, dropout=dropout,
-                         attention=attention, proposal=proposal, uniform_attention_init=False)
+                         attention=attention, proposal=proposal, uniform_attention_init=False,
+                         initial_state_dropout=dropout)
     vocabulary = Vocabulary(list(SPECIAL_TOKENS) + [f"w{i}" for i in range(7)])
     return CaptionModel(config, vocabulary, 24).double().train()
 

@@ -34,7 +34,8 @@ from captioner.train import Trainer
 from tests.test_training import TINY, tiny_config
 
 # 12 images x 3 captions = 36 captions an epoch in 4 batches of 9, shared 4 + 5 by two processes.
-PARITY = ["model.dropout=0.0", "train.batch_size=3", "train.captions_per_image=3", "train.max_steps=5"]
+PARITY = ["model.dropout=0.0", "model.initial_state_dropout=0.0", "train.batch_size=3", "train.captions_per_image=3",
+          "train.max_steps=5"]
 CASES = {  # name: (estimator, overrides); 5 updates cross the end of epoch 1 (4 batches): validation
     "wsram": ("wsram", ("estimator.sleep_update=true",)),
     "var": ("var", ("model.proposal=factorised", "estimator.expected_glimpse_probability=0.5")),

@@ -44,6 +44,7 @@ def _lines(path: Path) -> list[dict]:
 
 def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, monkeypatch):
     study = load_study(_study(tmp_path))
+    study.save_models = True
     out = tmp_path / "out"
     run_study(study, out, max_runs=1)  # a grid spread over two calls
     assert (out / "runs" / "wsram-s0" / "result.json").is_file()
@@ -81,6 +82,10 @@ def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, 
         assert all(v["groups"]["prior"]["variance"] > 0 for v in variance)
         result = json.loads((out / "runs" / name / "result.json").read_text())
         assert result["steps"] == 8 and result["test_beam"] == 2 and "Bleu_4" in result["test"]
+        captions = json.loads((out / "runs" / name / "test_captions.json").read_text())
+        assert len(captions) == 6 and {"image_id", "caption"} <= set(captions[0])  # COCO results format
+        model = out / "runs" / name / "model"
+        assert {"config.json", "model.safetensors", "training_config.yaml"} <= {p.name for p in model.iterdir()}
     wsram_curve = _lines(out / "runs" / "wsram-s0" / "curve.jsonl")
     assert "dev_bound_proposal" in wsram_curve[0] and "train_ess_per_k" in wsram_curve[-1]
     log = [r for r in _lines(out / "runs" / "wsram-s0" / "log.jsonl") if r["type"] == "train"]

@@ -50,6 +50,8 @@ class CaptionModel(nn.Module, ModelHubMixin, library_name="captioner", tags=["im
             embedding_dropout=config.embedding_dropout,
             soft=config.attention == "soft",
             zero_init_glimpse=config.zero_init_glimpse,
+            initial_state=config.initial_state,
+            initial_state_dropout=config.initial_state_dropout,
         )
         self.proposal = None
         if config.proposal != "none":

@@ -66,6 +66,23 @@ def gather_rows(features: torch.Tensor, rows: torch.Tensor | None, locations: to
 ProposalStep = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class GroupedDropout(nn.Dropout):
+    """Dropout whose mask is drawn once for each group of `group` consecutive rows and shared by
+    them. The K attention samples of one caption sit in K consecutive rows (caption-major, as
+    `CaptionText.repeat` lays them out); their importance weights must compare locations, not
+    dropout masks, so all K rows of a caption see one mask. With group 1 it is plain dropout (the
+    same random draws as nn.Dropout)."""
+
+    def forward(self, x: torch.Tensor, group: int = 1) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or group == 1:
+            return super().forward(x)
+        rows = x.shape[0]
+        if rows % group:
+            raise ValueError(f"{rows} rows are not whole groups of {group} (the K samples of each caption)")
+        keep = torch.empty((rows // group, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p)
+        return x * (keep / (1.0 - self.p)).repeat_interleave(group, 0)
+
+
 class AttentionDecoder(nn.Module):
     """LSTM decoder with one glimpse per word: hard (one location) or soft (weighted mean)."""
 
@@ -80,9 +97,15 @@ class AttentionDecoder(nn.Module):
         soft: bool = False,
         embedding_dropout: float = 0.0,
         zero_init_glimpse: bool = False,
+        initial_state: str = "mean_feature",
+        initial_state_dropout: float = 0.0,
     ):
         super().__init__()
+        if initial_state not in ("mean_feature", "learned"):
+            raise ValueError(f"initial_state must be 'mean_feature' or 'learned', got {initial_state!r}")
         self.soft = soft
+        self.initial_state_from = initial_state
+        self.initial_state_dropout = initial_state_dropout
         self.hidden_dim = hidden_dim
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.init_hidden = nn.Linear(feature_dim, hidden_dim)
@@ -94,8 +117,8 @@ class AttentionDecoder(nn.Module):
         self.out_hidden = nn.Linear(hidden_dim, embedding_dim)
         self.out_glimpse = nn.Linear(feature_dim, embedding_dim)
         self.out_word = nn.Linear(embedding_dim, vocab_size)
-        self.dropout = nn.Dropout(dropout)
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.dropout = GroupedDropout(dropout)
+        self.embedding_dropout = GroupedDropout(embedding_dropout)
         # Soft attention's gate beta_t = sigmoid(f(h_{t-1})) (Show-Attend-Tell).
         self.gate = nn.Linear(hidden_dim, 1) if soft else None
         if zero_init_glimpse:
@@ -104,9 +127,23 @@ class AttentionDecoder(nn.Module):
                 self.out_glimpse.weight.zero_()
 
     # ---- pieces shared by both layouts -------------------------------------------------
-    def initial_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h_0, c_0 = tanh(W_init mean_i F_i); features (N, L, D) -> two (N, H)."""
+    def initial_state(self, features: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_0, c_0 = tanh(W_init mean_i F_i); features (N, L, D) -> two (N, H).
+
+        With `initial_state` "learned" the mean feature is replaced by zeros (h_0 = tanh(b_init), a
+        learned constant: the image reaches the decoder through its glimpses only). With
+        `initial_state_dropout` p, while training, the mean feature of each image is replaced by zeros
+        with probability p (one draw per `group` consecutive rows: the K samples of a caption share it),
+        so that the decoder cannot count on the initial state for what it could see by looking."""
         mean = features.mean(1)
+        if self.initial_state_from == "learned":
+            mean = torch.zeros_like(mean)
+        elif self.training and self.initial_state_dropout > 0.0:
+            rows = mean.shape[0]
+            if rows % group:
+                raise ValueError(f"{rows} rows are not whole groups of {group} (the K samples of each caption)")
+            keep = torch.rand(rows // group, 1, device=mean.device) >= self.initial_state_dropout
+            mean = mean * keep.to(mean.dtype).repeat_interleave(group, 0)
         return torch.tanh(self.init_hidden(mean)), torch.tanh(self.init_cell(mean))
 
     def project_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -120,9 +157,16 @@ class AttentionDecoder(nn.Module):
             return self.attend_score(torch.tanh(projected + h.unsqueeze(1))).squeeze(-1)
         return self.attend_score(torch.tanh(projected.unsqueeze(1) + h.unsqueeze(2))).squeeze(-1)
 
-    def word_logits(self, embedded: torch.Tensor, hidden: torch.Tensor, glimpse: torch.Tensor) -> torch.Tensor:
-        """Deep output: W_o tanh(E y_{t-1} + L_h h_t + L_z z_t)."""
-        return self.out_word(self.dropout(torch.tanh(embedded + self.out_hidden(hidden) + self.out_glimpse(glimpse))))
+    def embed(self, tokens: torch.Tensor, group: int = 1) -> torch.Tensor:
+        """E y with embedding dropout while training, one mask per `group` consecutive rows."""
+        return self.embedding_dropout(self.embedding(tokens), group)
+
+    def word_logits(self, embedded: torch.Tensor, hidden: torch.Tensor, glimpse: torch.Tensor,
+                    group: int = 1) -> torch.Tensor:
+        """Deep output: W_o tanh(E y_{t-1} + L_h h_t + L_z z_t); its dropout draws one mask per
+        `group` consecutive rows."""
+        deep = torch.tanh(embedded + self.out_hidden(hidden) + self.out_glimpse(glimpse))
+        return self.out_word(self.dropout(deep, group))
 
     def soft_glimpse(self, features: torch.Tensor, logits: torch.Tensor, hidden_prev: torch.Tensor) -> torch.Tensor:
         """sum_i pi_i F_i, gated by beta for the soft model. logits (N, L) -> (N, D)."""
@@ -136,36 +180,40 @@ class AttentionDecoder(nn.Module):
         tokens: torch.Tensor,
         glimpse: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor],
+        group: int = 1,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """One LSTM step. tokens (N,) = y_{t-1}, glimpse (N, D) -> word logits (N, V), (h_t, c_t)."""
-        embedded = self.embedding_dropout(self.embedding(tokens))
+        """One LSTM step. tokens (N,) = y_{t-1}, glimpse (N, D) -> word logits (N, V), (h_t, c_t).
+        Dropout masks are shared by each `group` consecutive rows."""
+        embedded = self.embed(tokens, group)
         x = torch.cat([embedded, glimpse], -1).unsqueeze(1)
         h, c = state
         out, (h_new, c_new) = self.lstm(x, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
         hidden = out[:, 0]
-        return self.word_logits(embedded, hidden, glimpse), (h_new[0], c_new[0])
+        return self.word_logits(embedded, hidden, glimpse, group), (h_new[0], c_new[0])
 
     # ---- fused layout ------------------------------------------------------------------
     def forward_given_locations(
         self, features: torch.Tensor, inputs: torch.Tensor, locations: torch.Tensor,
-        rows: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None, group: int = 1,
     ) -> DecoderOutput:
         """Teacher forcing with all locations known. features (M, L, D), inputs (N, T) = y_0..y_{T-1},
-        locations (N, T); rows (N,) the image of each sequence (None: M = N). One LSTM call over
-        the sequence; prior logits for all t in one op. Per-image work (the feature half of the
-        attention, h_0 and c_0) runs once per image however many sequences read it."""
+        locations (N, T); rows (N,) the image of each sequence (None: M = N); each `group`
+        consecutive sequences (the K samples of one caption) share their dropout masks. One LSTM
+        call over the sequence; prior logits for all t in one op. Per-image work (the feature half
+        of the attention, h_0 and c_0) runs once per image however many sequences read it."""
         if self.soft:
             raise ValueError("soft attention has no locations; use forward_stepwise(mode='soft')")
-        embedded = self.embedding_dropout(self.embedding(inputs))
+        embedded = self.embed(inputs, group)
         glimpses = gather_rows(features, rows, locations)
-        h0, c0 = self.initial_state(features)
+        # one grid per image (rows given): its captions and their samples share the image's draw
+        h0, c0 = self.initial_state(features, 1 if rows is not None else group)
         if rows is not None:
             h0, c0 = h0.index_select(0, rows), c0.index_select(0, rows)
         hidden, _ = self.lstm(torch.cat([embedded, glimpses], -1), (h0.unsqueeze(0), c0.unsqueeze(0)))
         previous = torch.cat([h0.unsqueeze(1).to(hidden.dtype), hidden[:, :-1]], 1)  # h_0..h_{T-1}
         attention = additive_scores(self.project_features(features), self.attend_hidden(previous),
                                     self.attend_score.weight[0], self.attend_score.bias[0], rows)
-        return DecoderOutput(self.word_logits(embedded, hidden, glimpses), attention, locations, hidden=hidden)
+        return DecoderOutput(self.word_logits(embedded, hidden, glimpses, group), attention, locations, hidden=hidden)
 
     # ---- step-by-step layout -----------------------------------------------------------
     def forward_stepwise(
@@ -176,15 +224,17 @@ class AttentionDecoder(nn.Module):
         locations: torch.Tensor | None = None,
         proposal: ProposalStep | None = None,
         generator: torch.Generator | None = None,
+        group: int = 1,
     ) -> DecoderOutput:
         """Teacher forcing one step at a time, choosing each glimpse by `mode`:
         'given' (locations (N, T)), 'prior' (a_t ~ pi_t), 'proposal' (a_t ~ proposal(t, h, log pi_t)),
-        'argmax' (a_t = argmax pi_t), 'expected' (sum_i pi_i F_i) or 'soft' (gated expected glimpse)."""
+        'argmax' (a_t = argmax pi_t), 'expected' (sum_i pi_i F_i) or 'soft' (gated expected glimpse).
+        Each `group` consecutive sequences (the K samples of one caption) share their dropout masks."""
         if (mode == "soft") != self.soft:
             raise ValueError(f"mode {mode!r} does not fit a {'soft' if self.soft else 'hard'}-attention decoder")
         n, steps = inputs.shape
         projected = self.project_features(features)
-        state = self.initial_state(features)
+        state = self.initial_state(features, group)
         word_logits, attention, chosen, proposal_log_probs, hiddens = [], [], [], [], []
         for t in range(steps):
             logits = self.attention_logits(projected, state[0])
@@ -206,7 +256,7 @@ class AttentionDecoder(nn.Module):
             else:
                 glimpse = gather_locations(features, location.unsqueeze(1))[:, 0]
                 chosen.append(location)
-            step_logits, state = self.advance(inputs[:, t], glimpse, state)
+            step_logits, state = self.advance(inputs[:, t], glimpse, state, group)
             word_logits.append(step_logits)
             attention.append(logits)
             hiddens.append(state[0])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from captioner.config import DecodeConfig
 from captioner.models.decoder import gather_locations, gumbel_argmax, log_softmax
 
 
@@ -38,25 +39,26 @@ def _repeated_trigram_words(tokens: torch.Tensor, vocab_size: int) -> torch.Tens
 
 
 @torch.no_grad()
-def beam_search(
-    model,
-    features: torch.Tensor,
-    beam_size: int = 3,
-    max_length: int = 24,
-    length_penalty: float = 0.0,
-    attention_mode: str = "argmax",
-    generator: torch.Generator | None = None,
-    block_trigrams: bool = False,
-) -> list[GeneratedCaption]:
-    """Best caption for each of N feature grids (N, L, D), all images decoded together.
+def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = None,
+                generator: torch.Generator | None = None) -> list[GeneratedCaption]:
+    """Best caption for each of N feature grids (N, L, D), all images decoded together, with the
+    settings of `decode` (DecodeConfig(), beam 3, when None): the one generation path of the
+    package, used by `CaptionModel.caption`, `captioner caption`, `captioner evaluate` and
+    validation.
 
-    Hypotheses are ranked by log-probability / length**length_penalty once finished. With
-    `block_trigrams`, a word that would repeat a trigram already in its hypothesis is not allowed."""
+    Hypotheses are ranked by log-probability / length**decode.length_penalty once finished. With
+    decode.block_trigrams, a word that would repeat a trigram already in its hypothesis is not
+    allowed. `generator` draws the glimpses of attention_mode "sample"."""
+    decode = decode or DecodeConfig()
+    max_length, length_penalty, attention_mode = decode.max_length, decode.length_penalty, decode.attention_mode
+    block_trigrams = decode.block_trigrams
     if attention_mode not in ("argmax", "sample", "expected"):
         raise ValueError(f"attention_mode: must be 'argmax', 'sample' or 'expected', got {attention_mode!r}")
+    if decode.beam_size < 1 or max_length < 1:
+        raise ValueError(f"beam_size and max_length must be >= 1, got {decode.beam_size} and {max_length}")
     decoder, vocabulary = model.decoder, model.vocabulary
     n, num_locations, _ = features.shape
-    w = beam_size
+    w = decode.beam_size
     device = features.device
     features_w = features.repeat_interleave(w, 0)  # (N*W, L, D)
     projected = decoder.project_features(features_w)

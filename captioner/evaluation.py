@@ -25,8 +25,7 @@ def generate(model, split: CaptionSplit, decode: DecodeConfig, device, batch_siz
     results = []
     for indices in _chunks(range(len(split)) if images is None else images, batch_size):
         features = model.encode_inputs(split.inputs[indices].to(device), split.input_kind)
-        results.extend(beam_search(model, features, decode.beam_size, decode.max_length, decode.length_penalty,
-                                   decode.attention_mode, generator))
+        results.extend(beam_search(model, features, decode, generator))
     return results
 
 

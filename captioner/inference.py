@@ -64,8 +64,7 @@ def caption_files(
         pixels = np.stack([p for _, p in batch])
         with torch.no_grad():
             features = model.encode(model.prepare_images(pixels).to(device))
-            generated = beam_search(model, features, decode.beam_size, decode.max_length, decode.length_penalty,
-                                    decode.attention_mode)
+            generated = beam_search(model, features, decode)
         for (path, image), caption in zip(batch, generated):
             if attention_dir is not None:
                 plot_attention(image, caption.words, caption.locations, grid,

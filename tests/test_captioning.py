@@ -163,8 +163,8 @@ def test_trigram_blocking_leaves_no_repeated_trigram_and_greedy_paths_without_on
     features = model.encode(model.prepare_images(np.stack([as_pixels(_photo(s), 64) for s in range(6)])))
     changed = 0
     for beam in (1, 2):
-        plain = beam_search(model, features, beam, 12)
-        blocked = beam_search(model, features, beam, 12, block_trigrams=True)
+        plain = beam_search(model, features, DecodeConfig(beam_size=beam, max_length=12))
+        blocked = beam_search(model, features, DecodeConfig(beam_size=beam, max_length=12, block_trigrams=True))
         for a, b in zip(plain, blocked):
             trigrams = [tuple(b.tokens[i:i + 3]) for i in range(len(b.tokens) - 2)]
             assert len(trigrams) == len(set(trigrams))
@@ -181,3 +181,45 @@ def test_caption_command_decoding_flags_override_the_saved_settings(saved_model,
                  "--beam-size", "1", "--max-length", "2", "--block-trigrams", "--attention-mode", "sample"]) == 0
     record = json.loads(out.read_text())
     assert len(record["words"]) <= 2
+
+
+def _trigrams_repeat(words: list[str]) -> bool:
+    trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return len(trigrams) != len(set(trigrams))
+
+
+def test_block_trigrams_reaches_every_generation_path(saved_model, tmp_path):
+    """`captioner caption --block-trigrams`, `CaptionModel.caption(block_trigrams=True)` and the scoring
+    path (`evaluation.generate` with decode.block_trigrams, what `captioner evaluate --block-trigrams` and
+    validation call) all decode through the one beam search: each changes a caption that repeats a
+    trigram, and the same way."""
+    from captioner.data.datasets import CaptionSplit
+    from captioner.evaluation import generate
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = []
+    for seed in range(6):
+        _photo(seed).save(folder / f"p{seed}.png")
+        paths.append(str(folder / f"p{seed}.png"))
+    outputs = {}
+    for flag in ("--no-block-trigrams", "--block-trigrams"):
+        out = tmp_path / f"{flag}.jsonl"
+        assert main(["caption", str(saved_model), *paths, "--output", str(out), "--beam-size", "1",
+                     "--max-length", "12", flag]) == 0
+        outputs[flag] = [json.loads(line)["caption"] for line in out.read_text().splitlines()]
+    plain, blocked = outputs["--no-block-trigrams"], outputs["--block-trigrams"]
+    assert any(_trigrams_repeat(c.split()) for c in plain)  # the random decoder repeats itself...
+    assert not any(_trigrams_repeat(c.split()) for c in blocked)  # ...and the flag stops it
+    assert plain != blocked
+
+    model = captioner.load(saved_model)
+    api = [c.text for c in model.caption(paths, beam_size=1, max_length=12, block_trigrams=True)]
+    assert api == blocked
+    pixels = np.stack([as_pixels(path, model.image_size) for path in paths])
+    split = CaptionSplit("test", model.prepare_images(pixels), [["a dog"]] * len(paths), list(range(len(paths))))
+    scored = [c.text for c in generate(model, split, DecodeConfig(beam_size=1, max_length=12, block_trigrams=True),
+                                       "cpu")]
+    assert scored == blocked
+    unblocked = [c.text for c in generate(model, split, DecodeConfig(beam_size=1, max_length=12), "cpu")]
+    assert unblocked == plain

@@ -12,6 +12,7 @@ from PIL import Image
 
 import captioner
 from captioner.cli import main
+from captioner.config import DecodeConfig
 from tests.test_training import TINY
 
 TINY_DEMO = [arg for override in TINY for arg in ("--set", override)]
@@ -50,8 +51,8 @@ def test_saved_model_round_trip_gives_identical_captions(demo_run, tmp_path):
     again = captioner.load(tmp_path / "again")
     images = torch.randn(3, 3, model.image_size, model.image_size)
     with torch.no_grad():
-        a = beam_search(model, model.encode(images), 3, 6)
-        b = beam_search(again, again.encode(images), 3, 6)
+        a = beam_search(model, model.encode(images), DecodeConfig(beam_size=3, max_length=6))
+        b = beam_search(again, again.encode(images), DecodeConfig(beam_size=3, max_length=6))
     assert [x.tokens for x in a] == [x.tokens for x in b]
     assert [x.log_prob for x in a] == [x.log_prob for x in b]
 

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from captioner.config import DecodeConfig
 from captioner.decode import beam_search
 from captioner.models.decoder import word_log_probs
 from tests.conftest import TinyCase
@@ -35,7 +36,7 @@ def test_wide_beam_finds_the_exact_best_caption(seed):
     with torch.no_grad():
         best = max(_all_sequences(3), key=lambda s: _sequence_log_prob(case, features, s))
         best_score = _sequence_log_prob(case, features, best)
-        result = beam_search(case.model, features, beam_size=64, max_length=3)[0]
+        result = beam_search(case.model, features, DecodeConfig(beam_size=64, max_length=3))[0]
     expected_tokens = [t for t in best if t != 2]
     assert result.tokens == expected_tokens
     assert result.log_prob == pytest.approx(best_score, abs=1e-9)
@@ -46,7 +47,7 @@ def test_greedy_is_beam_size_one_and_reports_its_choices():
     features = torch.randn(1, 4, 5, dtype=torch.float64)
     decoder = case.model.decoder
     with torch.no_grad():
-        result = beam_search(case.model, features, beam_size=1, max_length=6)[0]
+        result = beam_search(case.model, features, DecodeConfig(beam_size=1, max_length=6))[0]
         # follow the same path by hand
         state = decoder.initial_state(features)
         projected = decoder.project_features(features)
@@ -73,8 +74,8 @@ def test_batched_decoding_equals_one_image_at_a_time(mode):
     case = TinyCase(seed=4, scale=3.0)
     features = torch.randn(5, 4, 5, dtype=torch.float64)
     with torch.no_grad():
-        together = beam_search(case.model, features, beam_size=3, max_length=5, attention_mode=mode)
-        alone = [beam_search(case.model, features[i:i + 1], beam_size=3, max_length=5, attention_mode=mode)[0]
+        together = beam_search(case.model, features, DecodeConfig(beam_size=3, max_length=5, attention_mode=mode))
+        alone = [beam_search(case.model, features[i:i + 1], DecodeConfig(beam_size=3, max_length=5, attention_mode=mode))[0]
                  for i in range(5)]
     for a, b in zip(together, alone):
         assert a.tokens == b.tokens and a.locations == b.locations
@@ -85,8 +86,8 @@ def test_sampled_attention_is_reproducible_with_a_generator():
     case = TinyCase(seed=5, scale=3.0)
     features = torch.randn(3, 4, 5, dtype=torch.float64)
     with torch.no_grad():
-        runs = [beam_search(case.model, features, 2, 5, attention_mode="sample",
+        runs = [beam_search(case.model, features, DecodeConfig(beam_size=2, max_length=5, attention_mode="sample"),
                             generator=torch.Generator().manual_seed(0)) for _ in range(2)]
     assert [r.tokens for r in runs[0]] == [r.tokens for r in runs[1]]
     with pytest.raises(ValueError, match="attention_mode"):
-        beam_search(case.model, features, attention_mode="nearest")
+        beam_search(case.model, features, DecodeConfig(attention_mode="nearest"))

@@ -124,9 +124,7 @@ class CaptionModel(nn.Module, ModelHubMixin, library_name="captioner", tags=["im
         for start in range(0, len(images), batch_size):
             pixels = np.stack([as_pixels(image, self.image_size) for image in images[start:start + batch_size]])
             features = self.encode(self.prepare_images(pixels).to(device))
-            results.extend(beam_search(self, features, settings.beam_size, settings.max_length,
-                                       settings.length_penalty, settings.attention_mode, generator,
-                                       block_trigrams=settings.block_trigrams))
+            results.extend(beam_search(self, features, settings, generator))
         self.train(was_training)
         return results
 

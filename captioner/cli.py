@@ -142,7 +142,7 @@ def _check_evaluate_arguments(args: argparse.Namespace) -> None:
     from captioner.metrics.results import EvaluationInputError
 
     if args.tokenizer == "java":
-        from captioner.metrics.ptb import java_available
+        from captioner.data.ptb import java_available
 
         if not java_available():
             raise EvaluationInputError("--tokenizer java needs Java (a `java` executable on PATH), which was not "

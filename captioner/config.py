@@ -149,7 +149,7 @@ class EstimatorConfig:
     defensive_component: Literal["prior", "uniform"] = "uniform"
     # fused: with a factorised proposal every location is drawn before the decoder runs, which then
     # runs as one LSTM call. stepwise: the decoder runs word by word (the layout REINFORCE needs);
-    # same numbers, slower: the reference loop of scripts/bench_train.py.
+    # same numbers, slower: the reference loop of benchmarks/bench_train.py.
     layout: Literal["fused", "stepwise"] = "fused"
     # VAR / REINFORCE (Show-Attend-Tell's settings)
     reinforce_weight: float = 0.1

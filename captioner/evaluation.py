@@ -6,7 +6,7 @@ import torch
 
 from captioner.config import DecodeConfig
 from captioner.data.datasets import CaptionSplit
-from captioner.decode import GeneratedCaption, beam_search
+from captioner.models.decode import GeneratedCaption, beam_search
 from captioner.distributed import Distributed
 from captioner.estimators import likelihood_bound
 from captioner.metrics.bleu import corpus_bleu

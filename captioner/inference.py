@@ -12,7 +12,7 @@ import torch
 
 from captioner.config import DecodeConfig
 from captioner.data.images import ImageReadError, read_image
-from captioner.decode import GeneratedCaption, beam_search
+from captioner.models.decode import GeneratedCaption, beam_search
 from captioner.plots import plot_attention
 
 

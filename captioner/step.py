@@ -1,4 +1,4 @@
-"""One training update, shared by the Trainer and scripts/bench_train.py.
+"""One training update, shared by the Trainer and benchmarks/bench_train.py.
 
 The update is written for a GPU: inputs, captions and parameters already on the device, bf16
 autocast, a fused optimiser, gradient clipping by foreach kernels, and no value read back to the

@@ -9,7 +9,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,16 @@ class TrainingObjective(nn.Module):
         result = compute_loss(self.model, features, text, self.estimator, self.baseline, share, image_index)
         weight = self.world_size * (share.stop - share.start) / share.total
         return EstimatorResult(result.loss * weight, result.diagnostics)
+
+
+class TrainerCallback:
+    """What `Trainer.train` calls while it trains; override either method (both do nothing here)."""
+
+    def after_update(self, trainer: "Trainer") -> None:
+        """After every update, in every process; `trainer.step` already counts it."""
+
+    def after_validation(self, trainer: "Trainer", record: dict) -> None:
+        """After each epoch's validation, in every process, with its log record."""
 
 
 class Trainer:
@@ -287,9 +297,10 @@ class Trainer:
         return self._update(batch.inputs, batch.input_kind, batch.image_index[rows.start:rows.stop],
                             batch.text.rows(rows.start, rows.stop), rows.start, rows.stop, len(batch.text))
 
-    def _gather_inputs(self, shard: ShardBatch) -> torch.Tensor:
-        """The model inputs of the shard's images: gathered on the device from inputs resident there,
-        else read (grids from memory-mapped shards, image files) and copied over."""
+    def gather_inputs(self, shard: ShardBatch) -> torch.Tensor:
+        """The model inputs of a planned batch's images (`self.sampler.plan(epoch, device).batch(i)`):
+        gathered on the device from inputs resident there, else read (grids from memory-mapped
+        shards, image files) and copied over."""
         inputs = self.splits["train"].inputs
         if isinstance(inputs, torch.Tensor) and inputs.device == self.device:
             return inputs[shard.images]
@@ -312,12 +323,28 @@ class Trainer:
                                    self.config.train.validation_samples, distributed=self.distributed)
         return scores
 
-    def train(self, after_update: Callable[["Trainer"], None] | None = None) -> dict:
+    def train_shard(self, shard: ShardBatch) -> dict[str, torch.Tensor]:
+        """One update on a planned batch, as `train` makes it, counted in `self.step`; the update's
+        statistics are returned left on the device (reading them is the caller's choice)."""
+        stats = self._update(self.gather_inputs(shard), self.splits["train"].input_kind, shard.image_index,
+                             shard.text, shard.start, shard.stop, shard.total)
+        self.step += 1
+        return stats
+
+    def synchronize(self) -> None:
+        """Wait for the work queued on the device and count the wait as training time, so that
+        `train_seconds` read afterwards is the time the updates took (a GPU runs behind the host)."""
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_seconds += time.perf_counter() - start
+
+    def train(self, callbacks: Sequence[TrainerCallback] = ()) -> dict:
         """Run until `train.epochs` epochs (or `train.max_steps` updates) are done; return a summary.
-        `after_update(trainer)`, when given, runs in every process after every update (with
-        `trainer.step` already counting it), e.g. to evaluate at fixed update counts."""
+        Every callback's `after_update(trainer)` runs in every process after every update (with
+        `trainer.step` already counting it and that update's log line written), e.g. to evaluate at
+        fixed update counts; `after_validation(trainer, record)` after each epoch's validation."""
         t = self.config.train
-        train = self.splits["train"]
         show = t.progress_bar and self.distributed.is_main
         self.model.train()
         while self.epoch < t.epochs:
@@ -327,9 +354,7 @@ class Trainer:
             while self.batch_in_epoch < len(plan):
                 start = time.perf_counter()
                 shard = plan.batch(self.batch_in_epoch)
-                stats = self._update(self._gather_inputs(shard), train.input_kind, shard.image_index, shard.text,
-                                     shard.start, shard.stop, shard.total)
-                self.step += 1
+                stats = self.train_shard(shard)
                 self.batch_in_epoch += 1
                 self.train_seconds += time.perf_counter() - start
                 bar.update(1)
@@ -338,8 +363,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                     self._log({"type": "train", "step": self.step, "epoch": self.epoch + 1,
                                "train_seconds": self.train_seconds, **record})
-                if after_update is not None:  # after this update's log line, which it may read
-                    after_update(self)
+                for callback in callbacks:  # after this update's log line, which it may read
+                    callback.after_update(self)
                 if t.max_steps and self.step >= t.max_steps and self.batch_in_epoch < len(plan):
                     bar.close()
                     self.save_checkpoint()
@@ -353,6 +378,8 @@ class Trainer:
                       "train_seconds": self.train_seconds, **scores}
             self.history.append(record)
             self._log(record)
+            for callback in callbacks:
+                callback.after_validation(self, record)
             improved = scores["Bleu_4"] > self.best_bleu
             if improved:
                 self.best_bleu = scores["Bleu_4"]

@@ -3,10 +3,8 @@ demo results table."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,15 +15,10 @@ from captioner.models.captioner import CaptionModel
 from captioner.data.vocabulary import Vocabulary
 from tests.test_training import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"research.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from captioner.cli import main
 from captioner.config import DecodeConfig, EncoderConfig, ModelConfig
 from captioner.data.images import ImageReadError, as_pixels, read_image
 from captioner.data.vocabulary import Vocabulary
-from captioner.decode import _repeated_trigram_words, beam_search
+from captioner.models.decode import _repeated_trigram_words, beam_search
 from captioner.models.captioner import CaptionModel
 
 WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "dog", "runs", "on", "grass", "the"]

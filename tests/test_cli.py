@@ -44,7 +44,7 @@ def test_demo_writes_metrics_model_and_pictures(demo_run):
 def test_saved_model_round_trip_gives_identical_captions(demo_run, tmp_path):
     import torch
 
-    from captioner.decode import beam_search
+    from captioner.models.decode import beam_search
 
     model = captioner.load(demo_run / "model")
     model.save_pretrained(tmp_path / "again")

@@ -16,9 +16,9 @@ import random
 import pytest
 
 from captioner.metrics import coco as coco_module
-from captioner.metrics import ptb as ptb_module
+from captioner.data import ptb as ptb_module
 from captioner.metrics.coco import CaptionScores, format_scores_table, score_captions
-from captioner.metrics.ptb import (
+from captioner.data.ptb import (
     PUNCTUATIONS,
     java_available,
     java_ptb_tokenize_many,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from captioner.config import DecodeConfig
-from captioner.decode import beam_search
+from captioner.models.decode import beam_search
 from captioner.models.decoder import word_log_probs
 from tests.conftest import TinyCase
 

@@ -8,7 +8,7 @@ import torch
 from captioner.config import EstimatorConfig, ModelConfig
 from captioner.data.batching import CaptionText
 from captioner.data.vocabulary import SPECIAL_TOKENS, Vocabulary
-from captioner.diagnostics import gradient_variance, parameter_groups
+from research.diagnostics import gradient_variance, parameter_groups
 from captioner.models.captioner import CaptionModel
 
 

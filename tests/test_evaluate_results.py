@@ -15,7 +15,7 @@ import pytest
 from captioner.cli import main
 from captioner.metrics import coco as coco_module
 from captioner.metrics import results as results_module
-from captioner.metrics.ptb import java_available
+from captioner.data.ptb import java_available
 from captioner.metrics.results import (
     REPORT_FORMAT,
     EvaluationInputError,
@@ -292,7 +292,7 @@ def test_evaluate_argument_errors(argv, message, capsys):
 
 
 def test_java_tokenizer_without_java_is_a_clear_error(monkeypatch, capsys):
-    import captioner.metrics.ptb as ptb_module
+    import captioner.data.ptb as ptb_module
 
     monkeypatch.setattr(ptb_module.shutil, "which", lambda name: None)
     assert main(["evaluate", "--results", "r.json", "--annotations", "a.json", "--tokenizer", "java"]) == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.metrics.validity import (
+from research.validity import (
     COCO_METRICS,
     SACREBLEU_KEY,
     ExpertLine,
@@ -146,10 +145,9 @@ def test_validity_study_on_the_first_200_lines(flickr8k_root):
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("metric_validity", REPO / "scripts" / "metric_validity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from research import metric_validity
+
+    return metric_validity
 
 
 def test_metric_validity_script_writes_json_chart_and_table(flickr8k_root, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The efficiency study command (captioner/study.py, scripts/efficiency_study.py) on the scenes data:
+"""The efficiency study command (research/study.py, research/efficiency_study.py) on the scenes data:
 the files it writes and their schema, resuming a grid and an interrupted run, and bad study files."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from captioner.config import ConfigError
-from captioner.study import _Run, load_study, run_study
+from research.study import _Run, load_study, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,18 +51,18 @@ def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, 
     assert not (out / "runs" / "var-s0").exists()
 
     # Interrupt the VAR run after update 5 (its checkpoint is at update 4, the end of epoch 1).
-    original = _Run.measure
+    original = _Run.after_update
 
     def interrupted(self, trainer):
         original(self, trainer)
         if trainer.step == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_Run, "measure", interrupted)
+    monkeypatch.setattr(_Run, "after_update", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study(study, out)
     assert [r["step"] for r in _lines(out / "runs" / "var-s0" / "curve.jsonl")] == [0, 2, 4]
-    monkeypatch.setattr(_Run, "measure", original)
+    monkeypatch.setattr(_Run, "after_update", original)
     wsram_result = (out / "runs" / "wsram-s0" / "result.json").read_text()
     summary = run_study(study, out)
     assert (out / "runs" / "wsram-s0" / "result.json").read_text() == wsram_result  # kept, not redone
@@ -110,8 +110,8 @@ def test_the_command_summarises_an_existing_study(tmp_path):
     study_path = _study(tmp_path)
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "efficiency_study.py"), str(study_path), "--out",
-                             str(out), "--summarise"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "research.efficiency_study", str(study_path), "--out",
+                             str(out), "--summarise"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [r["finished"] for r in summary["runs"]] == [False, False]
@@ -160,8 +160,8 @@ def test_only_trains_the_named_runs_and_workers_can_skip_the_summary(tmp_path):
     assert run_study(study, out, only=["var-s0"], write_summary=False) is None
     assert (out / "runs" / "var-s0" / "result.json").is_file()
     assert not (out / "runs" / "wsram-s0").exists() and not (out / "summary.json").exists()
-    listing = subprocess.run([sys.executable, str(ROOT / "scripts" / "efficiency_study.py"), str(_study(tmp_path)),
-                              "--out", str(out), "--list"], capture_output=True, text=True, timeout=300)
+    listing = subprocess.run([sys.executable, "-m", "research.efficiency_study", str(_study(tmp_path)),
+                              "--out", str(out), "--list"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert listing.stdout.split() == ["wsram-s0", "var-s0"]
     summary = run_study(study, out, only=["wsram-s0"])
     assert [r["finished"] for r in summary["runs"]] == [True, True]
@@ -182,8 +182,8 @@ def test_targets_when_wsram_peaks_lower_and_the_clocks_of_runs_that_shared_a_gpu
     """WS-RAM climbs faster but overfits below VAR's best: the target is missed (not left out), and the
     common level (the lowest best bound of all runs) is reached at the first update each arm gets
     there; a timing file alone on the GPU turns updates into seconds at each estimator's cost."""
-    from captioner.study import load_timing, summarise
-    from captioner.study_plots import plot_study
+    from research.study import load_timing, summarise
+    from research.study_plots import plot_study
 
     study = load_study(_study(tmp_path))
     out = tmp_path / "out"

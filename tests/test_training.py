@@ -80,3 +80,26 @@ def test_resume_rejects_a_different_model(tmp_path):
         Trainer(tiny_config("wsram", "model.hidden_dim=12"), tmp_path, resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(tiny_config("wsram"), tmp_path / "empty", resume=True)
+
+
+def test_callbacks_see_every_update_and_every_validation(tmp_path):
+    from captioner.train import TrainerCallback
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.steps, self.validations = [], []
+
+        def after_update(self, trainer):
+            self.steps.append(trainer.step)
+
+        def after_validation(self, trainer, record):
+            self.validations.append((trainer.epoch, record["type"], record["step"]))
+
+    recorder = Recorder()
+    trainer = Trainer(tiny_config("wsram"), tmp_path / "run")
+    trainer.train([recorder])
+    per_epoch = trainer.sampler.batches_per_epoch
+    assert recorder.steps == list(range(1, 2 * per_epoch + 1))
+    assert recorder.validations == [(1, "validation", per_epoch), (2, "validation", 2 * per_epoch)]
+    trainer.synchronize()  # on the CPU: nothing queued, the clock only moves forward
+    assert trainer.train_seconds > 0

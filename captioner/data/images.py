@@ -5,11 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.models.encoder import normalize_images
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "IMAGE_SUFFIXES", "ImageReadError", "as_pixels", "find_images",
+           "normalize_images", "read_image"]
 
-__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "as_pixels", "find_images", "normalize_images", "read_image"]
+# Per-channel statistics the encoders expect images to be normalised with.
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.25, 0.25, 0.25)
+
+
+def normalize_images(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float (N, 3, S, S), normalised per channel for small_cnn."""
+    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

@@ -6,7 +6,7 @@ import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from captioner.metrics.ptb import ptb_tokenize
+from captioner.data.ptb import ptb_tokenize
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -18,7 +18,7 @@ def _tokens(text: str) -> tuple[str, ...]:
 
 def tokenize(text: str) -> list[str]:
     """The words of `text` exactly as coco-caption's evaluation sees them: PTB-tokenised, lower-cased,
-    punctuation tokens dropped (captioner.metrics.ptb, the pure-Python equivalent of the Java
+    punctuation tokens dropped (captioner.data.ptb, the pure-Python equivalent of the Java
     tokenizer). One tokenisation for the vocabulary, training targets and scoring. Cached: the
     training loop encodes the same captions every epoch."""
     return list(_tokens(text))

@@ -1,7 +1,7 @@
 """coco-caption scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr) exactly as pycocoevalcap computes them.
 
 Captions are PTB-tokenised the way pycocoevalcap's ``PTBTokenizer`` does it -- by the Java original
-when Java is present, or by the pure-Python port in :mod:`captioner.metrics.ptb`, which gives the
+when Java is present, or by the pure-Python port in :mod:`captioner.data.ptb`, which gives the
 same tokens -- and then scored by pycocoevalcap's own scorers (``Bleu(4)``, ``Meteor``, ``Rouge``,
 ``Cider``). METEOR needs Java (pycocoevalcap runs meteor-1.5.jar); without it the other metrics are
 still computed and ``CaptionScores.unavailable`` says why METEOR is missing.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from captioner.metrics.ptb import java_available, java_ptb_tokenize_many, ptb_tokenize_many
+from captioner.data.ptb import java_available, java_ptb_tokenize_many, ptb_tokenize_many
 
 __all__ = ["CaptionScores", "METRIC_KEYS", "SPICE_REQUIREMENTS", "format_scores_table", "java_major_version",
            "score_captions", "score_spice", "spice_unavailable_reason"]
@@ -269,7 +269,7 @@ def score_captions(
     versions = {
         "pycocoevalcap": _package_version("pycocoevalcap"),
         "tokenizer": ("pycocoevalcap PTBTokenizer (stanford-corenlp-3.4.1 jar)" if use_java
-                      else "captioner.metrics.ptb (Python port of PTBTokenizer 3.4.1)"),
+                      else "captioner.data.ptb (Python port of PTBTokenizer 3.4.1)"),
     }
     if use_java or "meteor" in wanted:
         versions["java"] = _java_version()

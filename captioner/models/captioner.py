@@ -20,7 +20,9 @@ from torch import nn
 from captioner.config import DecodeConfig, ModelConfig, from_dict
 from captioner.data.vocabulary import Vocabulary
 from captioner.models.decoder import AttentionDecoder
-from captioner.models.encoder import IMAGE_MEAN, IMAGE_STD, build_encoder, normalize_images
+from captioner.data.images import IMAGE_MEAN, IMAGE_STD, as_pixels, normalize_images
+from captioner.models.decode import beam_search
+from captioner.models.encoder import build_encoder
 from captioner.models.proposal import CaptionProposal
 
 FORMAT_VERSION = 1
@@ -113,9 +115,6 @@ class CaptionModel(nn.Module, ModelHubMixin, library_name="captioner", tags=["im
         arguments override them (beam_size, max_length, length_penalty, block_trigrams,
         attention_mode). Returns one GeneratedCaption per image (text, words, and per word the
         attended location, its probability and the word's probability)."""
-        from captioner.data.images import as_pixels
-        from captioner.decode import beam_search
-
         settings = dataclasses.replace(self.decoding, **decoding)
         device = next(self.parameters()).device
         was_training = self.training

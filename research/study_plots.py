@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from captioner.plots import plt, save_figure
-from captioner.study import timed_cost
 
 
 def _curves(out: Path, arm) -> list[list[dict]]:
@@ -81,7 +80,7 @@ def plot_study(study, out: Path, summary: dict) -> list[Path]:
             for arm in arms:
                 curves = _curves(out, arm)
                 if x_key == "alone_seconds":
-                    cost = timed_cost(arm, timing)
+                    cost = arm.timed_cost(timing)
                     if cost is None:
                         continue
                     curves = [[{**r, "alone_seconds": r["step"] * cost} for r in c] for c in curves]

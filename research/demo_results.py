@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The README's demo results table: `captioner demo` over several seeds, one table.
 
-    python scripts/demo_results.py --seeds 0-3 --out runs/demo-seeds --readme README.md
-    python scripts/demo_results.py --seeds 0-15 --out runs/demo-gpu --device cuda --jobs 16
+    python -m research.demo_results --seeds 0-3 --out runs/demo-seeds --readme README.md
+    python -m research.demo_results --seeds 0-15 --out runs/demo-gpu --device cuda --jobs 16
 
 Runs `captioner demo --out OUT/seed-S --set train.seed=S` for every seed (finished runs, those with
 metrics.json, are kept), `--jobs` at a time (1 by default, so each run's wall time is its own),

@@ -2,7 +2,7 @@
 """Attention accuracy on the scenes test split, broken down by word kind (colour, size, shape) and
 by which object of the caption the word describes (first, second, third).
 
-    python scripts/attention_breakdown.py RUN/model [--split test]
+    python -m research.attention_breakdown RUN/model [--split test]
 
 Reference captions are fed word by word with the glimpse at the prior's argmax (as
 `captioner evaluate` scores attention accuracy); a word counts as correct when that argmax is the

@@ -1,7 +1,7 @@
 """Feature-extraction speed, end to end, with each image decoder: PIL on CPU threads and GPU decoding.
 
-    python scripts/bench_extract.py --images DIR --out bench.json [--device cuda] [--workers 16]
-    python scripts/bench_extract.py --images DIR --out smoke.json --device cpu --limit 16   (smoke check)
+    python -m benchmarks.bench_extract --images DIR --out bench.json [--device cuda] [--workers 16]
+    python -m benchmarks.bench_extract --images DIR --out smoke.json --device cpu --limit 16   (smoke check)
 
 Times `extract_features` (read files, decode, resize, backbone, float16 shards on disk) over every
 image under DIR (recursively; --limit keeps the first N), once per decoder, into a scratch cache that

@@ -16,8 +16,8 @@ teacher forcing, eval mode) what the prior, the proposal and the decoder do at t
 - h0_gain: log p(y | oracle path) with h_0, c_0 from the mean feature minus with the mean feature
   replaced by zeros (how much of the caption the initial state carries).
 
-    python scripts/lookaway_probe.py --out runs/probe-s4 [--every 100] [--set train.seed=4 ...]
-    python scripts/lookaway_probe.py --plot figure.png runs/probe-s1=good runs/probe-s4=bad ...
+    python -m research.lookaway_probe --out runs/probe-s4 [--every 100] [--set train.seed=4 ...]
+    python -m research.lookaway_probe --plot figure.png runs/probe-s1=good runs/probe-s4=bad ...
 
 Writes OUT/probe.jsonl (one record per probe) beside the run's own files (it is `captioner train`
 on the demo configuration, with the test-split scoring), and prints one line per probe. Training is
@@ -38,7 +38,7 @@ from captioner.config import load_config
 from captioner.estimators import draw_locations, step_entropy
 from captioner.evaluation import evaluate_split
 from captioner.models.decoder import word_log_probs, location_log_probs
-from captioner.train import Trainer
+from captioner.train import Trainer, TrainerCallback
 
 
 def oracle_path(cells: torch.Tensor) -> torch.Tensor:
@@ -196,18 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     records = args.out / "probe.jsonl"
     records.write_text("")
 
-    def after_update(t: Trainer) -> None:
-        if t.step % args.every and t.step != 1:
-            return
-        record = {"step": t.step, "epoch": t.epoch + t.batch_in_epoch / t.sampler.batches_per_epoch,
-                  **probe(t.model, t.splits["val"], t.device, seed=t.step)}
-        with open(records, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        keys = ("prior_accuracy", "proposal_accuracy", "posterior_true", "posterior_empty",
-                "glimpse_gain_true_vs_empty", "glimpse_gain_true_vs_other", "h0_gain", "log_q_minus_log_prior")
-        print(f"step {t.step:5d} " + " ".join(f"{k}={record.get(k, float('nan')):.3f}" for k in keys), flush=True)
+    class Probe(TrainerCallback):
+        def after_update(self, t: Trainer) -> None:
+            if t.step % args.every and t.step != 1:
+                return
+            record = {"step": t.step, "epoch": t.epoch + t.batch_in_epoch / t.sampler.batches_per_epoch,
+                      **probe(t.model, t.splits["val"], t.device, seed=t.step)}
+            with open(records, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            keys = ("prior_accuracy", "proposal_accuracy", "posterior_true", "posterior_empty",
+                    "glimpse_gain_true_vs_empty", "glimpse_gain_true_vs_other", "h0_gain", "log_q_minus_log_prior")
+            print(f"step {t.step:5d} " + " ".join(f"{k}={record.get(k, float('nan')):.3f}" for k in keys), flush=True)
 
-    trainer.train(after_update)
+    trainer.train([Probe()])
     if not args.no_test:
         trainer.load_best()
         scores, _ = evaluate_split(trainer.model, trainer.splits["test"], config.decode, trainer.device,

@@ -1,15 +1,15 @@
 """Seconds for one training epoch of the real Trainer on a real feature cache (a benchmark, not a test).
 
-    python scripts/bench_epoch.py eval/flickr8k/wsram.yaml --set data.features=CACHE --epochs 3 --out epoch.json
+    python -m benchmarks.bench_epoch eval/flickr8k/wsram.yaml --set data.features=CACHE --epochs 3 --out epoch.json
 
 Builds the Trainer of a config (its data, vocabulary, GPU-resident cache, length-bucketed sampler,
 compiled kernels, fused optimiser) and runs `--epochs` whole epochs through the same calls as
-`Trainer.train` (sampler plan, grid gather, `Trainer._update`), without validation. Each epoch is
+`Trainer.train` (sampler plan, grid gather, `Trainer.train_shard`), without validation. Each epoch is
 timed between device synchronisations, so its seconds are the wall time the GPU needed for it,
 launch overheads included. The first epoch includes torch.compile and Triton autotuning: it is
 reported, and the mean is over the others. Prints and writes one JSON record.
 
-Started by torchrun (`torchrun --standalone --nproc-per-node 2 scripts/bench_epoch.py ...`), the
+Started by torchrun (`torchrun --standalone --nproc-per-node 2 -m benchmarks.bench_epoch ...`), the
 Trainer shares every batch across the processes as in `captioner train` (the same global batch:
 strong scaling), and rank 0 reports.
 """
@@ -25,12 +25,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from captioner import distributed  # noqa: E402
-from captioner.config import load_config  # noqa: E402
-from captioner.train import Trainer  # noqa: E402
+from captioner import distributed
+from captioner.config import load_config
+from captioner.train import Trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -51,7 +49,6 @@ def main() -> None:
     config = load_config(args.config, args.overrides + ["train.progress_bar=false"])
     trainer = Trainer(config, args.work)
     device = trainer.device
-    train = trainer.splits["train"]
     samples = config.estimator.samples if config.estimator.name == "wsram" else 1
     trainer.model.train()
     epochs = []
@@ -63,9 +60,7 @@ def main() -> None:
         captions = 0
         for index in range(len(plan)):
             shard = plan.batch(index)
-            trainer._update(trainer._gather_inputs(shard), train.input_kind, shard.image_index, shard.text,
-                            shard.start, shard.stop, shard.total)
-            trainer.step += 1
+            trainer.train_shard(shard)
             captions += shard.total
         _sync(device)
         seconds = time.perf_counter() - start

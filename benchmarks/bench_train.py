@@ -1,6 +1,6 @@
 """Training throughput: caption-samples per second of the full update, and its peak GPU memory.
 
-    python scripts/bench_train.py --out eval/bench/h200 [--flickr8k ../shared/data/flickr8k]
+    python -m benchmarks.bench_train --out eval/bench/h200 [--flickr8k ../shared/data/flickr8k]
 
 A benchmark, not a test. For two shapes,
 - `flickr8k`: the model of eval/flickr8k/wsram.yaml (EfficientNet-Lite0 block15 grids, 7x7x320;
@@ -22,7 +22,7 @@ AdamW; `captioner.step.training_update`, the Trainer's own) on cached grids resi
 Each variant runs `--warmup` untimed updates (compilation included) then `--updates` timed ones
 between CUDA events. Writes results.json and table.txt under --out.
 
-Started by torchrun (`torchrun --standalone --nproc-per-node 2 scripts/bench_train.py ...`), every
+Started by torchrun (`torchrun --standalone --nproc-per-node 2 -m benchmarks.bench_train ...`), every
 process takes the update above as its share (weak scaling: the global batch is N times the one-GPU
 batch), through the Trainer's own DistributedDataParallel objective and batch sharing, and rank 0
 reports the caption-samples per second of the whole group.
@@ -41,20 +41,19 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel
 
-from captioner import distributed  # noqa: E402
-from captioner.config import load_config  # noqa: E402
-from captioner.data.batching import CaptionText  # noqa: E402
-from captioner.data.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
-from captioner.estimators import ReinforceBaseline  # noqa: E402
-from captioner.models import fused  # noqa: E402
-from captioner.models.captioner import CaptionModel  # noqa: E402
-from captioner.models.noise import BatchShare  # noqa: E402
-from captioner.step import make_optimizer, training_update  # noqa: E402
-from captioner.train import TrainingObjective  # noqa: E402
+from captioner import distributed
+from captioner.config import load_config
+from captioner.data.batching import CaptionText
+from captioner.data.vocabulary import SPECIAL_TOKENS, Vocabulary
+from captioner.estimators import ReinforceBaseline
+from captioner.models import fused
+from captioner.models.captioner import CaptionModel
+from captioner.models.noise import BatchShare
+from captioner.step import make_optimizer, training_update
+from captioner.train import TrainingObjective
 
 FLICKR8K_CONFIG = REPO / "eval" / "flickr8k" / "wsram.yaml"
 

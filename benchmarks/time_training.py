@@ -1,6 +1,6 @@
 """Seconds per update and per validation pass of a training config, to plan a run's budget.
 
-    python scripts/time_training.py eval/flickr8k/wsram.yaml eval/flickr8k/var.yaml --set train.device=cuda
+    python -m benchmarks.time_training eval/flickr8k/wsram.yaml eval/flickr8k/var.yaml --set train.device=cuda
 
 Builds each config's Trainer on its data (a feature cache for pretrained encoders), times
 `--updates` updates after `--warmup` untimed ones, and one validation pass; prints one JSON line

@@ -2,7 +2,7 @@
 """Train the demo configuration over several seeds and estimators, in parallel processes, and
 summarise how often and how well each one trains.
 
-    python scripts/seed_study.py --out runs/seeds --device cuda --jobs 16 \\
+    python -m research.seed_study --out runs/seeds --device cuda --jobs 16 \\
         --arm wsram:0-5 --arm var:0-2 --arm soft:0-2 --arm wsram-sleep:0-2=estimator.sleep_update=true
 
 An arm is NAME:SEEDS[=OVERRIDE[,OVERRIDE...]]; NAME starts with the estimator (wsram, var or soft);

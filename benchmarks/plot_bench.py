@@ -1,8 +1,8 @@
 """One figure of the recorded speed measurements under eval/bench/ (throughput, epochs, scaling).
 
-    python scripts/plot_bench.py eval/bench [--out eval/bench/speed.png]
+    python -m benchmarks.plot_bench eval/bench [--out eval/bench/speed.png]
 
-Reads the JSON files that scripts/bench_train.py, scripts/bench_epoch.py and scripts/speed_device.sh
+Reads the JSON files that benchmarks/bench_train.py, benchmarks/bench_epoch.py and scripts/speed_device.sh
 wrote there (h200-triton/results.json, epochs/epoch-*.json, scaling/{one-gpu,two-gpus}/results.json,
 scaling/epoch-wsram-*.json) and draws three panels: caption-samples per second of one update per
 variant and shape; seconds of one Flickr8k epoch of the real Trainer per estimator; one GPU against two.
@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from captioner.plots import save_figure  # noqa: E402
+from captioner.plots import save_figure
 
 
 def _load(path: Path) -> dict:

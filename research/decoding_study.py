@@ -1,7 +1,7 @@
 """Which decoding settings score best on a split: beam size x attention mode (x length penalty,
 trigram blocking), coco-caption BLEU / ROUGE-L / CIDEr of each.
 
-    python scripts/decoding_study.py MODEL --config eval/flickr8k/wsram.yaml --split val --out study.json [--write-best]
+    python -m research.decoding_study MODEL --config eval/flickr8k/wsram.yaml --split val --out study.json [--write-best]
 
 Reads the split through the config's data section (a feature cache for pretrained encoders). The
 best setting by CIDEr (ties: BLEU-4) is printed and, with --write-best, written as the model's

@@ -3,8 +3,8 @@
 Each data set is tokenised as one batch by both (as pycocoevalcap tokenises one batch), and the
 outputs are compared caption by caption after coco's punctuation removal.
 
-    python scripts/check_ptb_tokenizer.py --out check_ptb.json
-    python scripts/check_ptb_tokenizer.py --flickr8k-root ../shared/data/flickr8k --coco-root ''  # Flickr8k only
+    python -m research.check_ptb_tokenizer --out check_ptb.json
+    python -m research.check_ptb_tokenizer --flickr8k-root ../shared/data/flickr8k --coco-root ''  # Flickr8k only
 
 Prints and writes (--out) per data set: the number of captions, how many differ, the first
 differences and timings. Exit status: 0 when nothing differs, 1 when something does, 2 when Java or
@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from captioner.metrics.ptb import java_available, java_ptb_tokenize_many, ptb_tokenize_many  # noqa: E402
+from captioner.data.ptb import java_available, java_ptb_tokenize_many, ptb_tokenize_many
 
 SHARED = REPO.parent / "shared" / "data"
 

@@ -1,6 +1,6 @@
 """Where a fresh `captioner extract` process spends its first seconds on a GPU (a benchmark, not a test).
 
-    python scripts/extract_startup.py IMAGE_DIR [--out startup.json]
+    python -m benchmarks.extract_startup IMAGE_DIR [--out startup.json]
 
 In one fresh process, times each one-time step separately, each call twice (first = start-up
 included, second = steady state), synchronising the device around each: CUDA context, reading 256

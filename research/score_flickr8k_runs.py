@@ -1,7 +1,7 @@
 """Score the test captions of Flickr8k runs with coco-caption's scorers, METEOR included (needs Java).
 
-    python scripts/score_flickr8k_runs.py eval/flickr8k/runs/* --root ../shared/data/flickr8k
-    python scripts/score_flickr8k_runs.py eval/efficiency/flickr8k/runs/* --summary SUMMARY.json
+    python -m research.score_flickr8k_runs eval/flickr8k/runs/* --root ../shared/data/flickr8k
+    python -m research.score_flickr8k_runs eval/efficiency/flickr8k/runs/* --summary SUMMARY.json
 
 A run is a `captioner train` folder (metrics.json) or an efficiency-study run (result.json); both
 hold test_captions.json.

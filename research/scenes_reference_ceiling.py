@@ -3,7 +3,7 @@
 (leave-one-out, as a second annotator would score), and a fixed-template caption that names the
 right objects in the right order ("the image shows a small red circle and a blue square").
 
-    python scripts/scenes_reference_ceiling.py [--test-size 200] [--seed 0]
+    python -m research.scenes_reference_ceiling [--test-size 200] [--seed 0]
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Does WS-RAM train faster than REINFORCE? Run an efficiency study (issue 8) and draw its figures.
 
-    python scripts/efficiency_study.py eval/efficiency/flickr8k.yaml --out eval/efficiency/flickr8k [--device cuda]
-    python scripts/efficiency_study.py eval/efficiency/scenes-smoke.yaml --out runs/study-smoke   (CPU, minutes)
+    python -m research.efficiency_study eval/efficiency/flickr8k.yaml --out eval/efficiency/flickr8k [--device cuda]
+    python -m research.efficiency_study eval/efficiency/scenes-smoke.yaml --out runs/study-smoke   (CPU, minutes)
 
 The study file names the shared config, the arms (estimator, seeds, overrides) and the measurement
 settings; captioner/study.py documents the format and every file written under --out. Re-running
@@ -10,7 +10,7 @@ the same command resumes an interrupted study: finished runs are kept, an unfini
 from its last checkpoint. `--max-runs N` stops after N new runs (to spread a grid over several
 sessions); `--summarise` only rewrites summary.json and the figures from the runs already there.
 Where the runs shared a GPU, `--timing FILE` (each estimator's seconds per update alone on it, from
-scripts/time_training.py) adds clocks at those costs: summary.json's alone_seconds and
+benchmarks/time_training.py) adds clocks at those costs: summary.json's alone_seconds and
 bound_vs_alone_seconds.png.
 """
 
@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from captioner.study import load_study, load_timing, run_names, run_study, summarise  # noqa: E402
+from research.study import load_study, load_timing, run_names, run_study, summarise
 
 
 def main() -> None:
@@ -44,7 +40,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the study's run names, one a line, and exit")
     parser.add_argument("--summarise", action="store_true", help="only summarise the runs already under --out")
     parser.add_argument("--timing", metavar="JSONL",
-                        help="seconds per update of each estimator alone on the GPU (scripts/time_training.py "
+                        help="seconds per update of each estimator alone on the GPU (benchmarks/time_training.py "
                              "output): also gives every clock as updates x that cost, for runs that shared a GPU")
     args = parser.parse_args()
     study = load_study(args.study)
@@ -55,7 +51,7 @@ def main() -> None:
         return
     timing = load_timing(args.timing) if args.timing else None
     if args.summarise:
-        from captioner.study_plots import plot_study
+        from research.study_plots import plot_study
 
         summary = summarise(study, Path(args.out), timing)
         (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))

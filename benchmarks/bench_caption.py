@@ -1,6 +1,6 @@
 """Captioning speed for the whole path: read and decode the image file, resize, encode, beam search.
 
-    python scripts/bench_caption.py MODEL IMAGES... [--device cuda] [--batch-sizes 1 32] [--limit 200]
+    python -m benchmarks.bench_caption MODEL IMAGES... [--device cuda] [--batch-sizes 1 32] [--limit 200]
 
 Images per second over `--limit` files (after one untimed warm-up batch), for each batch size,
 with the model's decoding settings (beam 3 unless overridden). A benchmark, not a test: the

@@ -14,7 +14,7 @@ training does, step by step), and measures:
   removes the across-caption part;
 - the entropy bonus's gradient lambda_e grad H(pi) on the same parameters.
 
-    python scripts/var_signal.py MODEL_DIR [--config TRAINING_CONFIG.yaml] [--split val]
+    python -m research.var_signal MODEL_DIR [--config TRAINING_CONFIG.yaml] [--split val]
         [--captions 160] [--paths 16] [--device cpu] [--out signal.json] [--set KEY=VALUE ...]
 
 The data comes from the model's training_config.yaml unless --config is given (--set overrides it,

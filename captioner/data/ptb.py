@@ -10,7 +10,7 @@ The Python tokenizer is a longest-match scanner, as the JFlex lexer behind PTBTo
 position every rule is tried, the longest match wins (trailing context counts towards the length but
 is not consumed), and ties go to the earlier rule. The rules below were written and checked against
 the output of the 3.4.1 jar that pycocoevalcap bundles (Flickr8k, COCO captions and many hand-made
-and random strings; ``scripts/check_ptb_tokenizer.py`` repeats the comparison). They cover what
+and random strings; ``research/check_ptb_tokenizer.py`` repeats the comparison). They cover what
 captions contain -- words, contractions, possessives, hyphens, slashes, numbers, abbreviations and
 acronyms, quotes, brackets, ellipses, currency, e-mail addresses and URLs, simple SGML tags -- and
 the common Unicode letters, quotes and dashes. Where the lexer looks past the end of a line (an
@@ -625,6 +625,6 @@ def java_ptb_tokenize_many(texts: Iterable[str]) -> list[str]:
     return [" ".join(w for w in line.rstrip().split(" ") if w not in COCO_PUNCTUATIONS) for line in lines]
 
 
-if __name__ == "__main__":  # pragma: no cover - quick manual use: python -m captioner.metrics.ptb "text"
+if __name__ == "__main__":  # pragma: no cover - quick manual use: python -m captioner.data.ptb "text"
     for arg in sys.argv[1:]:
         print(ptb_tokenize(arg))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the demo with WS-RAM, VAR and soft attention on the same budget and compare them.
 
-    python scripts/compare_estimators.py --out eval/scenes [--set key=value ...] [--estimators wsram var soft]
+    python -m research.compare_estimators --out eval/scenes [--set key=value ...] [--estimators wsram var soft]
 
 Each estimator trains in OUT/<estimator>/ exactly as `captioner demo --estimator <estimator>` would
 (a run whose metrics.json exists is kept, so an interrupted comparison resumes). Then writes

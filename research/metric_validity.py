@@ -1,6 +1,6 @@
 """Kendall's tau between caption metrics and expert judgements on Flickr8k-Expert.
 
-    python scripts/metric_validity.py --root ../shared/data/flickr8k --out eval/metrics/expert_kendall.json
+    python -m research.metric_validity --root ../shared/data/flickr8k --out eval/metrics/expert_kendall.json
 
 Writes the JSON (protocol, counts, tau-b / tau-c / p-value / bootstrap interval per metric), a bar
 chart beside it (same name, .png) and prints a Markdown table. The protocol is in
@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from captioner.metrics.results import write_report  # noqa: E402
-from captioner.metrics.validity import run_validity_study  # noqa: E402
+from captioner.metrics.results import write_report
+from research.validity import run_validity_study
 
 LABELS = {"Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "Bleu_3": "BLEU-3", "Bleu_4": "BLEU-4", "METEOR": "METEOR",
           "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr-D", "sacreBLEU_sentence": "sacreBLEU (sentence)"}
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     study = run_validity_study(args.root, limit=args.limit, tokenizer=args.tokenizer,
                                metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
                                bootstrap=args.bootstrap, seed=args.seed, comparison=not args.no_comparison)
-    study["command"] = " ".join(["python", "scripts/metric_validity.py", *(argv if argv is not None else sys.argv[1:])])
+    study["command"] = " ".join(["python", "research/metric_validity.py", *(argv if argv is not None else sys.argv[1:])])
     study["bootstrap"] = {"resamples": args.bootstrap, "seed": args.seed,
                           "unit": "judged image (all its lines together)", "interval": "95% percentile"}
     study["wall_seconds"] = round(time.perf_counter() - start, 1)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +51,10 @@ import torch
 
 from captioner.config import (ConfigError, DecodeConfig, ExperimentConfig, config_for_estimator, load_config,
                               read_yaml_mapping)
-from captioner.diagnostics import gradient_variance
+from research.diagnostics import gradient_variance
 from captioner.evaluation import evaluate_split, generate, mean_bound
 from captioner.metrics.bleu import corpus_bleu
-from captioner.train import Trainer
+from captioner.train import Trainer, TrainerCallback
 
 ESTIMATORS = ("wsram", "var", "soft")
 
@@ -66,6 +65,13 @@ class Arm:
     estimator: str
     seeds: list[int]
     overrides: list[str] = dataclasses.field(default_factory=list)
+
+    def timed_cost(self, timing: dict[str, float]) -> float | None:
+        """Seconds per update alone on the GPU: timed under the arm's own name, else its estimator's
+        timing when the arm changes nothing else (an ablation's K or proposal changes the cost)."""
+        if self.name in timing:
+            return timing[self.name]
+        return timing.get(self.estimator) if not self.overrides else None
 
 
 @dataclasses.dataclass
@@ -134,11 +140,6 @@ def run_config(study: Study, arm: Arm, seed: int) -> ExperimentConfig:
                        + [f"train.seed={seed}", "train.progress_bar=false"])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -149,7 +150,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-class _Run:
+class _Run(TrainerCallback):
     """One (arm, seed) of a study: trains, measures at fixed updates, resumes."""
 
     def __init__(self, study: Study, arm: Arm, seed: int, folder: Path):
@@ -203,7 +204,7 @@ class _Run:
     def _variance_point(self) -> dict:
         trainer = self.trainer
         shard = self.fixed
-        inputs = trainer._gather_inputs(shard)
+        inputs = trainer.gather_inputs(shard)
         estimator = self.config.estimator
         record = {"step": trainer.step, "estimator": estimator.name,
                   "groups": gradient_variance(trainer.model, inputs, trainer.splits["train"].input_kind,
@@ -223,17 +224,15 @@ class _Run:
                         variant, trainer.baseline, self.study.variance_draws, seed=trainer.step)
         return record
 
-    def measure(self, trainer: Trainer) -> None:
-        """after_update hook (also called once before training): dev point and variance point."""
+    def after_update(self, trainer: Trainer) -> None:
+        """The Trainer callback (also called once before training): dev point and variance point."""
         step = trainer.step
         need_curve = (step % self.study.eval_every == 0 or step == self.total_steps) and not any(
             r["step"] == step for r in self.curve)
         need_variance = step in self.variance_steps and not any(r["step"] == step for r in self.variance)
         if not (need_curve or need_variance):
             return
-        start = time.perf_counter()
-        _sync(trainer.device)  # the GPU work queued by training is training time
-        trainer.train_seconds += time.perf_counter() - start
+        trainer.synchronize()  # the GPU work queued by training is training time
         if need_curve:
             record = {"step": step, "epoch": trainer.epoch, "gpu_seconds": trainer.train_seconds,
                       **self._dev_point(), **self._train_diagnostics()}
@@ -258,8 +257,8 @@ class _Run:
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
         trainer = self.trainer
-        self.measure(trainer)  # update 0 (or the resumed update, if it is due)
-        trainer.train(after_update=self.measure)
+        self.after_update(trainer)  # update 0 (or the resumed update, if it is due)
+        trainer.train([self])
         trainer.load_best()
         decode = dataclasses.replace(self.config.decode, beam_size=self.study.test_beam)
         test = trainer.splits["test"]
@@ -315,7 +314,7 @@ def run_study(study: Study, out: str | Path, max_runs: int | None = None, only: 
         return None
     summary = summarise(study, out, timing)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    from captioner.study_plots import plot_study
+    from research.study_plots import plot_study
 
     plot_study(study, out, summary)
     return summary
@@ -329,7 +328,7 @@ def _first_reaching(curve: list[dict], key: str, target: float) -> dict | None:
 
 
 def load_timing(path: str | Path) -> dict[str, float]:
-    """Seconds per update of each estimator measured alone on the GPU (scripts/time_training.py's JSON
+    """Seconds per update of each estimator measured alone on the GPU (benchmarks/time_training.py's JSON
     lines, keys `estimator` and `seconds_per_update`), for studies whose runs shared a GPU."""
     path = Path(path)
     timing: dict[str, float] = {}
@@ -348,11 +347,8 @@ def load_timing(path: str | Path) -> dict[str, float]:
 
 
 def timed_cost(arm: Arm, timing: dict[str, float]) -> float | None:
-    """An arm's seconds per update alone on the GPU: timed under its own name, else its estimator's
-    timing when the arm changes nothing else (an ablation's K or proposal changes the cost)."""
-    if arm.name in timing:
-        return timing[arm.name]
-    return timing.get(arm.estimator) if not arm.overrides else None
+    """An arm's seconds per update alone on the GPU (`Arm.timed_cost`)."""
+    return arm.timed_cost(timing)
 
 
 def summarise(study: Study, out: Path, timing: dict[str, float] | None = None) -> dict:

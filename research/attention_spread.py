@@ -1,7 +1,7 @@
 """How much the attention moves within a caption: for each image, the distinct locations the prior's
 argmax visits over the words, and the share of words at the caption's most visited location.
 
-    python scripts/attention_spread.py MODEL IMAGES... [--limit 200] [--out spread.json]
+    python -m research.attention_spread MODEL IMAGES... [--limit 200] [--out spread.json]
 
 A model whose glimpse follows the words visits several cells per caption; one that looks at one
 salient cell for every word visits one (a known failure of hard attention: Show-Attend-Tell's maps

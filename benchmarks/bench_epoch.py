@@ -81,7 +81,7 @@ def main() -> None:
         "estimator": config.estimator.name, "samples_per_caption": samples,
         "batch_size": config.train.batch_size, "captions_per_image": config.train.captions_per_image,
         "length_bucketing": config.train.length_bucketing, "compile": config.train.compile,
-        "attention_kernel": config.train.attention_kernel, "bf16": config.train.bf16,
+        "attention_kernel": config.research.attention_kernel, "bf16": config.train.bf16,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,

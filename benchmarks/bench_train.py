@@ -121,7 +121,7 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
     overrides = shape.overrides + list(args.set) + [f"estimator.name={estimator}", "train.device=cuda" if device.type == "cuda"
                                    else "train.device=cpu", "model.encoder.pretrained=false"]
     if variant == "wsram-stepwise":
-        overrides.append("estimator.layout=stepwise")
+        overrides.append("research.layout=stepwise")
     if estimator == "soft":
         overrides += ["model.attention=soft", "model.proposal=none"]
     if estimator == "var":
@@ -154,7 +154,8 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
     host_generator = torch.Generator().manual_seed(0)
     objective = None
     if place.active:  # the Trainer's objective and sharing: this process's captions of a global batch
-        objective = DistributedDataParallel(TrainingObjective(model, config.estimator, baseline, place.world_size),
+        objective = DistributedDataParallel(TrainingObjective(model, config.estimator, baseline, place.world_size,
+                                                              config.research),
                                             device_ids=None)
 
     def update(i: int) -> dict:
@@ -165,7 +166,8 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
             randomness = BatchShare(cuda_generator, host_generator, place.rank * captions,
                                     (place.rank + 1) * captions, place.world_size * captions)
         return training_update(model, optimizer, inputs, "features", rows, text, config.estimator, baseline,
-                               grad_clip=5.0, bf16=True, generator=randomness, loss_module=objective)
+                               grad_clip=5.0, bf16=True, generator=randomness, loss_module=objective,
+                               research=config.research)
 
     with fused.compiled_kernels(compiled, attention_kernel):
         start = time.perf_counter()
@@ -200,7 +202,7 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
         (Path(args.out) / f"profile-{shape.name}-{variant}.txt").write_text(table)
     mean_words = sum(float(b[2].lengths.float().mean()) for b in batches) / len(batches)
     return {
-        "shape": shape.name, "variant": variant, "estimator": estimator, "layout": config.estimator.layout,
+        "shape": shape.name, "variant": variant, "estimator": estimator, "layout": config.research.layout,
         "compiled": compiled, "attention_kernel": attention_kernel if compiled else "eager",
         "captions_per_update": captions, "samples_per_caption": samples,
         "caption_samples_per_update": captions * samples * place.world_size, "images_per_update": images,

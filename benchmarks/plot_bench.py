@@ -2,7 +2,7 @@
 
     python -m benchmarks.plot_bench eval/bench [--out eval/bench/speed.png]
 
-Reads the JSON files that benchmarks/bench_train.py, benchmarks/bench_epoch.py and scripts/speed_device.sh
+Reads the JSON files that benchmarks/bench_train.py and benchmarks/bench_epoch.py
 wrote there (h200-triton/results.json, epochs/epoch-*.json, scaling/{one-gpu,two-gpus}/results.json,
 scaling/epoch-wsram-*.json) and draws three panels: caption-samples per second of one update per
 variant and shape; seconds of one Flickr8k epoch of the real Trainer per estimator; one GPU against two.

@@ -68,7 +68,7 @@ def command_demo(args: argparse.Namespace) -> int:
     main_process = distributed.Distributed.from_environment().is_main
     if main_process:
         print(f"captioner demo: training {config.estimator.name} on the built-in scenes data "
-              f"({config.data.train_size} training images, {config.train.epochs} epochs, {config.train.device})",
+              f"({config.data.scenes.train_size} training images, {config.train.epochs} epochs, {config.train.device})",
               file=sys.stderr)
     try:
         metrics = run_experiment(config, args.out, examples=args.examples)

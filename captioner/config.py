@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,17 +21,16 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the key."""
 
 
+class ConfigRenamedWarning(FutureWarning):
+    """A config file or override used a key under its old name; it was read under the new one."""
+
+
 @dataclass
-class DataConfig:
-    """Which data set to read and how captions are prepared for training.
+class ScenesConfig:
+    """The built-in scenes data (`data.dataset: scenes`), generated from `seed`: images of
+    `image_size` px with min_objects..max_objects shapes in a 3 x 3 layout. Ignored by the data sets
+    on disk."""
 
-    scenes is built in and generated from `seed`; the others are read from disk (see data/README.md):
-    flickr8k (the release layout under `root`), karpathy (Karpathy's split JSON `annotations`, images
-    under `root`), coco (the official layout under `root`: annotations/captions_{train,val}YEAR.json
-    and trainYEAR/, valYEAR/) and huggingface (the parquet-backed hub set `hf_name`)."""
-
-    dataset: Literal["scenes", "flickr8k", "karpathy", "coco", "huggingface"] = "scenes"
-    # scenes
     train_size: int = 4000
     val_size: int = 100
     test_size: int = 200
@@ -38,6 +38,20 @@ class DataConfig:
     min_objects: int = 1
     max_objects: int = 3
     seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Which data set to read and how captions are prepared for training.
+
+    scenes is built in (its settings in `data.scenes`); the others are read from disk (see
+    data/README.md) and use the keys below: flickr8k (the release layout under `root`), karpathy
+    (Karpathy's split JSON `annotations`, images under `root`), coco (the official layout under
+    `root`: annotations/captions_{train,val}YEAR.json and trainYEAR/, valYEAR/) and huggingface (the
+    parquet-backed hub set `hf_name`). The text keys at the end apply to every data set."""
+
+    dataset: Literal["scenes", "flickr8k", "karpathy", "coco", "huggingface"] = "scenes"
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
     # data sets on disk
     root: str = ""
     annotations: str = ""  # karpathy: the split JSON (dataset_coco.json, dataset_flickr8k.json, ...)
@@ -128,29 +142,11 @@ class EstimatorConfig:
     name: Literal["wsram", "var", "soft"] = "wsram"
     # WS-RAM
     samples: int = 5  # K
-    # Where WS-RAM draws its K location sequences: "model", the caption-conditioned proposal network
-    # q_phi; or "prior", the model's own prior pi (importance weights p(y | a, x), no proposal network:
-    # the ablation that shows what the caption-conditioned proposal is worth).
-    proposal_source: Literal["model", "prior"] = "model"
-    control_variates: bool = True
-    # c^p: the self-normalised estimate of E_p[grad log p(a|x)] from q's samples. Its O(1/K) bias
-    # grows with the distance between prior and q, and on the scenes data it kept the prior from
-    # following q (eval/README.md); off by default: the prior gets the plain wake update.
-    prior_control_variate: bool = False
-    # How the prior learns from the K weighted samples: "wake", the spec's -sum_k w~_k log pi(a^k)
-    # (minus c^p); "expected", each sampled location's log pi_t(a_t) replaced by its expectation
-    # sum_i q_t(i) log pi_t(i) under the proposal it was drawn from (weights unchanged; c^p unused).
-    # The sampled form moves the prior by sampling noise alone while the weights carry no signal
-    # (q = pi, decoder blind to its glimpse); the expected form is then exactly zero.
-    prior_update: Literal["wake", "expected"] = "wake"
+    control_variates: bool = True  # c^q = 1/K for the proposal (c^p: research.prior_control_variate)
     sleep_update: bool = False
     sleep_weight: float = 1.0
     defensive_weight: float = 0.0  # delta of the mixture (1 - delta) q + delta * component
     defensive_component: Literal["prior", "uniform"] = "uniform"
-    # fused: with a factorised proposal every location is drawn before the decoder runs, which then
-    # runs as one LSTM call. stepwise: the decoder runs word by word (the layout REINFORCE needs);
-    # same numbers, slower: the reference loop of benchmarks/bench_train.py.
-    layout: Literal["fused", "stepwise"] = "fused"
     # VAR / REINFORCE (Show-Attend-Tell's settings)
     reinforce_weight: float = 0.1
     entropy_weight: float = 0.002
@@ -178,11 +174,8 @@ class TrainConfig:
     length_bucketing: bool = False
     # On CUDA, run the attention scores through compiled kernels and the word log-probabilities
     # through torch.compile (captioner/models/fused.py): same numbers, far less memory traffic.
-    # Ignored on the CPU.
+    # Ignored on the CPU. (Which kernels: research.attention_kernel.)
     compile: bool = True
-    # Which compiled kernels the attention scores use: "triton" (hand-written forward and backward,
-    # captioner/models/attention_kernels.py) or "inductor" (torch.compile'd reductions).
-    attention_kernel: Literal["triton", "inductor"] = "triton"
     # Fraction of the updates over which model.initial_state_dropout falls linearly to 0 (0: constant).
     initial_state_dropout_decay: float = 0.0
     learning_rate: float = 5e-3
@@ -197,6 +190,36 @@ class TrainConfig:
     validation_beam_size: int = 1
     log_every: int = 20
     progress_bar: bool = True
+
+
+@dataclass
+class ResearchConfig:
+    """Switches that the studies and benchmarks turn: ablations of the method, the reference layout
+    and kernel choices. The defaults are the method as specified (shared/design/wsram.md) at its
+    fastest; a user training a captioner leaves this section out."""
+
+    # Where WS-RAM draws its K location sequences: "model", the caption-conditioned proposal network
+    # q_phi; or "prior", the model's own prior pi (importance weights p(y | a, x), no proposal network:
+    # the ablation that shows what the caption-conditioned proposal is worth).
+    proposal_source: Literal["model", "prior"] = "model"
+    # c^p: the self-normalised estimate of E_p[grad log p(a|x)] from q's samples. Its O(1/K) bias
+    # grows with the distance between prior and q, and on the scenes data it kept the prior from
+    # following q (eval/README.md); off by default: the prior gets the plain wake update.
+    prior_control_variate: bool = False
+    # How the prior learns from the K weighted samples: "wake", the spec's -sum_k w~_k log pi(a^k)
+    # (minus c^p); "expected", each sampled location's log pi_t(a_t) replaced by its expectation
+    # sum_i q_t(i) log pi_t(i) under the proposal it was drawn from (weights unchanged; c^p unused).
+    # The sampled form moves the prior by sampling noise alone while the weights carry no signal
+    # (q = pi, decoder blind to its glimpse); the expected form is then exactly zero.
+    prior_update: Literal["wake", "expected"] = "wake"
+    # fused: with a factorised proposal every location is drawn before the decoder runs, which then
+    # runs as one LSTM call. stepwise: the decoder runs word by word (the layout REINFORCE needs);
+    # same numbers, slower: the reference loop of benchmarks/bench_train.py.
+    layout: Literal["fused", "stepwise"] = "fused"
+    # Which compiled kernels the attention scores use on CUDA (train.compile): "triton" (hand-written
+    # forward and backward, captioner/models/attention_kernels.py) or "inductor" (torch.compile'd
+    # reductions).
+    attention_kernel: Literal["triton", "inductor"] = "triton"
 
 
 @dataclass
@@ -217,6 +240,7 @@ class ExperimentConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    research: ResearchConfig = field(default_factory=ResearchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +293,53 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Keys that moved, old dotted name -> new. Files and overrides that use an old name still load: the
+# value is read under the new name, with a ConfigRenamedWarning naming both.
+RENAMED: dict[str, str] = {
+    **{f"data.{key}": f"data.scenes.{key}"
+       for key in ("train_size", "val_size", "test_size", "image_size", "min_objects", "max_objects", "seed")},
+    "estimator.proposal_source": "research.proposal_source",
+    "estimator.prior_control_variate": "research.prior_control_variate",
+    "estimator.prior_update": "research.prior_update",
+    "estimator.layout": "research.layout",
+    "train.attention_kernel": "research.attention_kernel",
+}
+
+
+def migrate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """A copy of the nested mapping `data` with every key of RENAMED moved to its new place; a
+    ConfigRenamedWarning names each one. ConfigError when an old and a new name are both given."""
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for old, new in RENAMED.items():
+        old_section, old_key = old.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        *parents, leaf = new.split(".")
+        target = data
+        for name in parents:
+            child = target.get(name)
+            if child is None:
+                child = target[name] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{name}: expected a mapping of settings, got {child!r}")
+            else:
+                child = target[name] = dict(child)
+            target = child
+        if leaf in target:
+            raise ConfigError(f"{old}: renamed to {new}, and {source} gives both; keep {new}")
+        target[leaf] = value
+        warnings.warn(f"{source}: {old} is now {new} (read as {new}={value!r}); rename it to keep this "
+                      "working", ConfigRenamedWarning, stacklevel=3)
+    return data
+
+
+def experiment_from_dict(data: dict[str, Any], source: str = "config") -> "ExperimentConfig":
+    """An ExperimentConfig from a full or partial mapping, old key names included (see RENAMED)."""
+    return from_dict(ExperimentConfig, migrate(data, source))
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
@@ -313,11 +384,11 @@ def load_config(
     base: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
     """Defaults <- `base` <- YAML file <- overrides, then validated."""
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = migrate(dict(base or {}), "base settings")
     if path is not None:
-        data = _merge(data, read_yaml_mapping(path, "config"))
+        data = _merge(data, migrate(read_yaml_mapping(path, "config"), str(path)))
     for override in overrides or []:
-        data = _merge(data, parse_override(override))
+        data = _merge(data, migrate(parse_override(override), f"--set {override}"))
     section = data.get("data")
     dataset = section.get("dataset", DataConfig.dataset) if isinstance(section, dict) else DataConfig.dataset
     if dataset in DATASET_DEFAULTS:
@@ -343,7 +414,10 @@ def validate(config: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: must lie in [0, 1], got {value}")
 
     d, m, e, t, dec = config.data, config.model, config.estimator, config.train, config.decode
-    for key in ("train_size", "val_size", "test_size", "image_size", "max_caption_length", "min_word_count"):
+    r, scenes = config.research, config.data.scenes
+    for key in ("train_size", "val_size", "test_size", "image_size"):
+        positive(f"data.scenes.{key}", getattr(scenes, key))
+    for key in ("max_caption_length", "min_word_count"):
         positive(f"data.{key}", getattr(d, key))
     non_negative("data.limit_images", d.limit_images)
     non_negative("data.preload_limit_gib", d.preload_limit_gib)
@@ -366,9 +440,10 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("model.encoder.hf_model: name the Hugging Face vision backbone (hub name or local folder)")
     positive("model.encoder.image_size", m.encoder.image_size)
     positive("model.encoder.fine_tune_lr_scale", m.encoder.fine_tune_lr_scale)
-    positive("data.min_objects", d.min_objects)
-    if d.max_objects < d.min_objects:
-        raise ConfigError(f"data.max_objects: must be >= data.min_objects ({d.min_objects}), got {d.max_objects}")
+    positive("data.scenes.min_objects", scenes.min_objects)
+    if scenes.max_objects < scenes.min_objects:
+        raise ConfigError(f"data.scenes.max_objects: must be >= data.scenes.min_objects ({scenes.min_objects}), "
+                          f"got {scenes.max_objects}")
     for key in ("feature_dim", "grid"):
         positive(f"model.encoder.{key}", getattr(m.encoder, key))
     for key in ("embedding_dim", "hidden_dim", "attention_dim", "proposal_hidden_dim"):
@@ -389,14 +464,14 @@ def validate(config: ExperimentConfig) -> None:
             f"estimator.name: {e.name!r} does not fit model.attention={m.attention!r} "
             "(the soft estimator trains soft attention; wsram and var train hard attention)"
         )
-    if e.name == "wsram" and m.proposal == "none" and e.proposal_source == "model":
+    if e.name == "wsram" and m.proposal == "none" and r.proposal_source == "model":
         raise ConfigError("model.proposal: wsram needs a proposal network ('factorised' or 'sequential'), got 'none'"
-                          " (or set estimator.proposal_source: prior)")
-    if e.name == "wsram" and e.proposal_source == "prior" and e.prior_update == "expected":
-        raise ConfigError("estimator.prior_update: 'expected' takes the expectation under the proposal network; "
-                          "with estimator.proposal_source: prior it would be zero (use 'wake')")
-    if e.name == "wsram" and e.proposal_source == "prior" and e.sleep_update:
-        raise ConfigError("estimator.sleep_update trains a proposal network; with estimator.proposal_source: prior "
+                          " (or set research.proposal_source: prior)")
+    if e.name == "wsram" and r.proposal_source == "prior" and r.prior_update == "expected":
+        raise ConfigError("research.prior_update: 'expected' takes the expectation under the proposal network; "
+                          "with research.proposal_source: prior it would be zero (use 'wake')")
+    if e.name == "wsram" and r.proposal_source == "prior" and e.sleep_update:
+        raise ConfigError("estimator.sleep_update trains a proposal network; with research.proposal_source: prior "
                           "there is none to train")
     for key in ("epochs", "batch_size", "validation_samples", "validation_beam_size", "log_every"):
         positive(f"train.{key}", getattr(t, key))

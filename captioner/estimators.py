@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from captioner.config import EstimatorConfig
+from captioner.config import EstimatorConfig, ResearchConfig
 from captioner.data.batching import CaptionText
 from captioner.models.decoder import DecoderOutput, gumbel_argmax, location_log_probs, log_softmax, word_log_probs
 from captioner.models.noise import batch_uniform
@@ -220,8 +220,13 @@ class ReinforceBaseline:
     value: torch.Tensor | None = None
 
     def update(self, reward: torch.Tensor, decay: float) -> None:
+        """A batch with a non-finite reward leaves the average as it was (on the device, no sync)."""
         reward = reward.detach().mean()
-        self.value = reward if self.value is None else decay * self.value + (1.0 - decay) * reward
+        if self.value is None:
+            self.value = reward
+            return
+        moved = decay * self.value + (1.0 - decay) * reward
+        self.value = torch.where(torch.isfinite(moved), moved, self.value)
 
     def state_dict(self) -> dict:
         return {"value": None if self.value is None else self.value.detach().cpu()}
@@ -236,21 +241,23 @@ def _per_caption(features: torch.Tensor, rows: torch.Tensor | None) -> torch.Ten
 
 
 def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
-               generator: torch.Generator | None = None, rows: torch.Tensor | None = None) -> EstimatorResult:
+               generator: torch.Generator | None = None, rows: torch.Tensor | None = None,
+               research: ResearchConfig | None = None) -> EstimatorResult:
     """WS-RAM with K samples from q_phi(a | y, x) (plus the sleep update if configured); with
-    config.proposal_source 'prior', from the prior pi(a | x) instead: then log q is log pi held
+    research.proposal_source 'prior', from the prior pi(a | x) instead: then log q is log pi held
     constant (no proposal term to train), the weights are proportional to p(y | a, x) and the prior
-    learns from its own samples."""
-    source = config.proposal_source
-    expected = config.prior_update == "expected"
+    learns from its own samples. `research` holds the ablation switches (defaults: the method)."""
+    research = research or ResearchConfig()
+    source = research.proposal_source
+    expected = research.prior_update == "expected"
     drawn = draw_locations(model, features, text, config.samples, source, config.defensive_weight,
-                           config.defensive_component, generator, rows, config.layout, expected_prior=expected)
+                           config.defensive_component, generator, rows, research.layout, expected_prior=expected)
     log_q = drawn.log_q if source == "model" else drawn.log_q.detach()
     # prior_update "expected": the prior's wake term with each sampled location's log pi_t replaced by
     # its expectation under q_t (same weights w~), which is exactly zero while q = pi whatever the
     # samples; the weights still score the sampled locations.
     terms = wsram_surrogate(drawn.log_p_words, drawn.log_p_locations, log_q, config.control_variates,
-                            config.prior_control_variate and not expected,
+                            research.prior_control_variate and not expected,
                             prior_term=drawn.expected_log_p_locations if expected else None)
     loss = terms.loss.mean()
     weights = terms.weights
@@ -342,11 +349,12 @@ def soft_loss(model, features, text: CaptionText, config: EstimatorConfig,
 
 
 def compute_loss(model, features, text: CaptionText, config: EstimatorConfig, baseline: ReinforceBaseline,
-                 generator: torch.Generator | None = None, rows: torch.Tensor | None = None) -> EstimatorResult:
+                 generator: torch.Generator | None = None, rows: torch.Tensor | None = None,
+                 research: ResearchConfig | None = None) -> EstimatorResult:
     """Dispatch on config.name: 'wsram', 'var' or 'soft'. features (N, L, D), one grid per caption;
     or (M, L, D), one per image, with rows (N,) naming each caption's image."""
     if config.name == "wsram":
-        return wsram_loss(model, features, text, config, generator, rows)
+        return wsram_loss(model, features, text, config, generator, rows, research)
     if config.name == "var":
         return var_loss(model, features, text, config, baseline, generator, rows)
     if config.name == "soft":

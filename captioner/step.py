@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from captioner.config import EstimatorConfig
+from captioner.config import EstimatorConfig, ResearchConfig
 from captioner.data.batching import CaptionText
 from captioner.estimators import ReinforceBaseline, compute_loss
 
@@ -43,23 +43,41 @@ def training_update(
     bf16: bool = True,
     generator: torch.Generator | None = None,
     loss_module=None,
+    research: ResearchConfig | None = None,
 ) -> dict[str, torch.Tensor]:
     """Encode the M images of `inputs` once, score the N captions of `text` (rows[n] = the image of
-    caption n), backpropagate, clip and step. Returns detached scalar tensors (loss, grad_norm and
-    the estimator's diagnostics), left on the device: reading them is the caller's choice.
+    caption n), backpropagate, clip and step. Returns detached scalar tensors (loss, grad_norm,
+    `skipped` and the estimator's diagnostics), left on the device: reading them is the caller's choice.
+
+    A non-finite loss or gradient never reaches the parameters: the step is skipped (parameters,
+    moments and step counts unchanged) and `skipped` is 1. On CUDA the fused optimiser skips it on the
+    device (its found_inf input, as under a GradScaler), so no value is read back to the host.
 
     `loss_module`, when given, is called as loss_module(inputs, input_kind, rows, text, generator)
     instead (a DistributedDataParallel wrapper, which must see the forward pass)."""
     device = inputs.device
+    # Batch statistics that this forward pass moves (batch norm's running averages): kept, to be put
+    # back if the update turns out non-finite.
+    running = [buffer for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+               for buffer in module.buffers()] if model.training else []
+    saved = [buffer.clone() for buffer in running]
     with autocast_context(device, bf16):
         if loss_module is not None:
             result = loss_module(inputs, input_kind, rows, text, generator)
         else:
             features = model.encode_inputs(inputs, input_kind)
-            result = compute_loss(model, features, text, estimator, baseline, generator, rows)
+            result = compute_loss(model, features, text, estimator, baseline, generator, rows, research)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip, foreach=device.type == "cuda")
-    optimizer.step()
-    return {"loss": result.loss.detach(), "grad_norm": grad_norm.detach(), **result.diagnostics}
+    bad = ~(torch.isfinite(grad_norm) & torch.isfinite(result.loss.detach()))
+    skipped = bad.to(torch.float32)
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = skipped  # the fused kernels leave every tensor as it was when it is 1
+        optimizer.step()
+    elif not bool(bad):
+        optimizer.step()
+    for buffer, kept in zip(running, saved):
+        buffer.copy_(torch.where(bad, kept, buffer))
+    return {"loss": result.loss.detach(), "grad_norm": grad_norm.detach(), "skipped": skipped, **result.diagnostics}

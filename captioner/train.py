@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from captioner import distributed
-from captioner.config import EstimatorConfig, ExperimentConfig, from_dict
+from captioner.config import EstimatorConfig, ExperimentConfig, ResearchConfig, experiment_from_dict
 from captioner.data.batching import CaptionBatch, CaptionText
 from captioner.data.datasets import CachedFeatures, CaptionSplit, load_dataset
 from captioner.data.sampler import CaptionSampler, EncodedCaptions, ShardBatch, mix_seed
@@ -29,11 +28,14 @@ from captioner.evaluation import evaluate_split
 from captioner.models.captioner import CaptionModel
 from captioner.models.noise import BatchShare
 from captioner.models import fused
+from captioner.files import atomic_torch_save
 from captioner.step import make_optimizer, training_update
 
 CHECKPOINT_VERSION = 1
 # Sections that must match between a checkpoint and the config that resumes it.
-_FIXED_SECTIONS = ("data", "model", "estimator")
+_FIXED_SECTIONS = ("data", "model", "estimator", "research")
+# Keys of those sections that a resumed run may change (same numbers either way).
+_FREE_KEYS = {("research", "attention_kernel")}
 
 
 def _rng_state() -> dict:
@@ -50,12 +52,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
 
 
 def _normalises_with_batch_statistics(module: nn.Module) -> bool:
@@ -79,17 +75,19 @@ class TrainingObjective(nn.Module):
     then the gradient of the mean over the whole batch, however the batch was shared out."""
 
     def __init__(self, model: CaptionModel, estimator: EstimatorConfig, baseline: ReinforceBaseline,
-                 world_size: int = 1):
+                 world_size: int = 1, research: ResearchConfig | None = None):
         super().__init__()
         self.model = model
         self.estimator = estimator
+        self.research = research
         self.baseline = baseline
         self.world_size = world_size
 
     def forward(self, inputs: torch.Tensor, input_kind: str, image_index: torch.Tensor, text: CaptionText,
                 share: BatchShare) -> EstimatorResult:
         features = self.model.encode_inputs(inputs, input_kind)
-        result = compute_loss(self.model, features, text, self.estimator, self.baseline, share, image_index)
+        result = compute_loss(self.model, features, text, self.estimator, self.baseline, share, image_index,
+                              self.research)
         weight = self.world_size * (share.stop - share.start) / share.total
         return EstimatorResult(result.loss * weight, result.diagnostics)
 
@@ -132,10 +130,10 @@ class Trainer:
         self.splits = splits if splits is not None else load_dataset(config.data, config.model)
         train = self.splits["train"]
         self.vocabulary = Vocabulary.build((c for caps in train.captions for c in caps), config.data.min_word_count)
-        self.model = CaptionModel(config.model, self.vocabulary, config.data.image_size).to(self.device)
+        self.model = CaptionModel(config.model, self.vocabulary, config.data.scenes.image_size).to(self.device)
         self._check_feature_cache()
         self._features_to_device()
-        fused.use_compiled_kernels(self.device.type == "cuda" and t.compile, t.attention_kernel)
+        fused.use_compiled_kernels(self.device.type == "cuda" and t.compile, config.research.attention_kernel)
         self.optimizer = make_optimizer(self._parameter_groups(), t.learning_rate, t.weight_decay, self.device)
         self.baseline = distributed.AllReducedBaseline() if self.distributed.active else ReinforceBaseline()
         self.sampler = CaptionSampler(
@@ -156,7 +154,7 @@ class Trainer:
         if self.distributed.is_main:
             config.save(self.out_dir / "config.yaml")
         self.objective: nn.Module = TrainingObjective(self.model, config.estimator, self.baseline,
-                                                      self.distributed.world_size)
+                                                      self.distributed.world_size, config.research)
         if self.distributed.active:
             # Inputs are already on this process's device (device_ids=None leaves them alone). Only
             # the proposal can be left out of a loss (VAR and soft with a proposal network configured).
@@ -214,7 +212,7 @@ class Trainer:
         """Write checkpoints/`name`.pt (rank 0 only; the state is the same in every process)."""
         path = self.out_dir / "checkpoints" / f"{name}.pt"
         if self.distributed.is_main:
-            _atomic_torch_save(self.state_dict(), path)
+            atomic_torch_save(self.state_dict(), path)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -223,11 +221,11 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=False)
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
-        saved = from_dict(ExperimentConfig, state["config"]).to_dict()
+        saved = experiment_from_dict(state["config"], f"{path}").to_dict()
         current = self.config.to_dict()
         for section in _FIXED_SECTIONS:
             for key, value in saved[section].items():
-                if current[section][key] != value:
+                if (section, key) not in _FREE_KEYS and current[section][key] != value:
                     raise ValueError(f"{section}.{key}: the checkpoint {path} was trained with {value!r}, "
                                      f"the config asks for {current[section][key]!r}; resume with the same value")
         if state["vocabulary"] != self.vocabulary.words:
@@ -284,7 +282,8 @@ class Trainer:
         self.model.decoder.initial_state_dropout = self.initial_state_dropout(self.step)
         stats = training_update(self.model, self.optimizer, inputs, input_kind, image_index, text,
                                 self.config.estimator, self.baseline, t.grad_clip, t.bf16,
-                                self._randomness(start, stop, total), loss_module=self.objective)
+                                self._randomness(start, stop, total), loss_module=self.objective,
+                                research=self.config.research)
         # training_update reports the loss it backpropagated, this process's scaled share
         stats["loss"] = stats["loss"] * (total / (self.distributed.world_size * (stop - start)))
         return stats

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=("val", "test"))
     args = parser.parse_args()
     model = captioner.load(args.model)
-    config = load_config(args.model / "training_config.yaml", ["data.train_size=1"])
+    config = load_config(args.model / "training_config.yaml", ["data.scenes.train_size=1"])
     split = load_dataset(config.data)[args.split]
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     with torch.no_grad():

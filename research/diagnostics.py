@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from captioner.config import EstimatorConfig
+from captioner.config import EstimatorConfig, ResearchConfig
 from captioner.data.batching import CaptionText
 from captioner.estimators import ReinforceBaseline, compute_loss
 
@@ -45,7 +45,7 @@ def parameter_groups(model) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
 
 def gradient_variance(model, inputs: torch.Tensor, input_kind: str | None, rows: torch.Tensor, text: CaptionText,
                       estimator: EstimatorConfig, baseline: ReinforceBaseline | None = None, draws: int = 20,
-                      seed: int = 0) -> dict[str, dict[str, float]]:
+                      seed: int = 0, research: ResearchConfig | None = None) -> dict[str, dict[str, float]]:
     """Per parameter group: {"variance": sum over coordinates of the variance over `draws` gradients,
     "mean_squared_norm": |mean gradient|^2, "relative": variance / mean_squared_norm, "parameters": count}.
 
@@ -70,7 +70,7 @@ def gradient_variance(model, inputs: torch.Tensor, input_kind: str | None, rows:
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + draw)
         model.zero_grad(set_to_none=True)
         features = inputs if input_kind is None else model.encode_inputs(inputs, input_kind)
-        result = compute_loss(model, features, text, estimator, copy.deepcopy(baseline), generator, rows)
+        result = compute_loss(model, features, text, estimator, copy.deepcopy(baseline), generator, rows, research)
         result.loss.backward()
         for group, members in groups.items():
             for mean, m2, (_, parameter) in zip(means[group], deviations[group], members):

@@ -6,8 +6,8 @@
 A run is a `captioner train` folder (metrics.json) or an efficiency-study run (result.json); both
 hold test_captions.json.
 
-The GPU machine has no Java, so a run scores BLEU, ROUGE-L and CIDEr there with the pure-Python PTB
-tokenizer and leaves METEOR out. This script scores each run's `test_captions.json` again with the
+Where there is no Java (the GPU host of the recorded runs), a run scores BLEU, ROUGE-L and CIDEr
+with the pure-Python PTB tokenizer and leaves METEOR out. This script scores each run's `test_captions.json` again with the
 Java PTB tokenizer and METEOR 1.5 (pycocoevalcap 1.2), checks that BLEU, ROUGE-L and CIDEr agree
 with the run's own metrics.json to 1e-6, and writes `scores.json` beside it (corpus scores, per-image
 scores, tokenizer, versions). It also writes a summary table of all runs to --summary.

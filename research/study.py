@@ -205,23 +205,24 @@ class _Run(TrainerCallback):
         trainer = self.trainer
         shard = self.fixed
         inputs = trainer.gather_inputs(shard)
-        estimator = self.config.estimator
+        estimator, research = self.config.estimator, self.config.research
         record = {"step": trainer.step, "estimator": estimator.name,
                   "groups": gradient_variance(trainer.model, inputs, trainer.splits["train"].input_kind,
                                               shard.image_index, shard.text, estimator, trainer.baseline,
-                                              self.study.variance_draws, seed=trainer.step)}
+                                              self.study.variance_draws, seed=trainer.step, research=research)}
         if estimator.name == "wsram":
             # The same parameters and minibatch under the other control-variate settings: none at all,
             # and the prior's c^p switched on (by default only the proposal's c^q is on, and c^q does not
             # touch the prior's gradient).
-            variants = {"without_control_variates": dataclasses.replace(estimator, control_variates=False),
-                        "with_prior_control_variate": dataclasses.replace(estimator, control_variates=True,
-                                                                          prior_control_variate=True)}
-            for key, variant in variants.items():
-                if variant != estimator:
+            variants = {"without_control_variates": (dataclasses.replace(estimator, control_variates=False), research),
+                        "with_prior_control_variate": (dataclasses.replace(estimator, control_variates=True),
+                                                       dataclasses.replace(research, prior_control_variate=True))}
+            for key, (variant, variant_research) in variants.items():
+                if (variant, variant_research) != (estimator, research):
                     record[key] = gradient_variance(
                         trainer.model, inputs, trainer.splits["train"].input_kind, shard.image_index, shard.text,
-                        variant, trainer.baseline, self.study.variance_draws, seed=trainer.step)
+                        variant, trainer.baseline, self.study.variance_draws, seed=trainer.step,
+                        research=variant_research)
         return record
 
     def after_update(self, trainer: Trainer) -> None:

@@ -48,7 +48,7 @@ def test_lookaway_probe_on_a_model_blind_to_its_glimpse(scenes):
     probe = _script("lookaway_probe")
     config, splits, vocabulary = scenes
     torch.manual_seed(0)
-    model = _blind(CaptionModel(config.model, vocabulary, config.data.image_size))
+    model = _blind(CaptionModel(config.model, vocabulary, config.data.scenes.image_size))
     record = probe.probe(model, splits["val"], "cpu", images=4)
     total = record["posterior_true"] + record["posterior_empty"] + record["posterior_other_object"]
     assert total == pytest.approx(1.0, abs=1e-5)
@@ -64,14 +64,14 @@ def test_var_signal_is_zero_when_the_words_ignore_the_glimpse(scenes):
     config, splits, vocabulary = scenes
     torch.manual_seed(0)
     config.model.uniform_attention_init = False  # a prior that is not uniform, so grad log pi != 0
-    model = _blind(CaptionModel(config.model, vocabulary, config.data.image_size))
+    model = _blind(CaptionModel(config.model, vocabulary, config.data.scenes.image_size))
     report = signal.measure(model, splits["val"], "cpu", captions=12, paths=4)
     assert report["reward_std_within_caption"] == pytest.approx(0.0, abs=1e-5)
     assert report["reinforce_per_caption_baseline"]["signal_norm"] == pytest.approx(0.0, abs=1e-6)
     assert report["reinforce_moving_average_baseline"]["noise_norm"] > 0.0  # the baseline leaves caption noise
     assert report["entropy_bonus_gradient_norm"] > 0.0
     torch.manual_seed(0)
-    seeing = CaptionModel(config.model, vocabulary, config.data.image_size)
+    seeing = CaptionModel(config.model, vocabulary, config.data.scenes.image_size)
     assert signal.measure(seeing, splits["val"], "cpu", captions=12, paths=4)["reward_std_within_caption"] > 1e-4
 
 

@@ -94,6 +94,7 @@ def run_check(device: str, interpret: bool) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_triton_kernels_match_eager_under_interpreter():
     result = run_check("cpu", interpret=True)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr

@@ -25,6 +25,7 @@ def demo_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_demo_writes_metrics_model_and_pictures(demo_run):
     metrics = json.loads((demo_run / "metrics.json").read_text())
     for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"):
@@ -41,6 +42,7 @@ def test_demo_writes_metrics_model_and_pictures(demo_run):
     assert len(list((demo_run / "attention").glob("*.png"))) == 2
 
 
+@pytest.mark.slow
 def test_saved_model_round_trip_gives_identical_captions(demo_run, tmp_path):
     import torch
 
@@ -57,6 +59,7 @@ def test_saved_model_round_trip_gives_identical_captions(demo_run, tmp_path):
     assert [x.log_prob for x in a] == [x.log_prob for x in b]
 
 
+@pytest.mark.slow
 def test_caption_command_reads_images_and_skips_bad_ones(demo_run, tmp_path, capsys):
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
@@ -81,6 +84,7 @@ def test_caption_command_reads_images_and_skips_bad_ones(demo_run, tmp_path, cap
     assert len(list((tmp_path / "att").glob("*.png"))) == 3
 
 
+@pytest.mark.slow
 def test_evaluate_command(demo_run, tmp_path):
     out = tmp_path / "scores.json"
     assert main(["evaluate", str(demo_run / "model"), "--split", "val", "--beam-size", "1",

@@ -220,6 +220,7 @@ def test_golden_numbers_with_python_tokenizer(python_scores):
     assert len(python_scores.per_image) == 1000
 
 
+@pytest.mark.slow
 def test_golden_numbers_with_java(java_scores):
     assert java_scores.tokenizer == "ptb-java"
     assert java_scores.unavailable == {}

@@ -113,6 +113,7 @@ def _assert_same_parameters(expected: dict, actual: dict) -> None:
         torch.testing.assert_close(actual[key], value, rtol=0, atol=ATOL, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_train_the_parameters_of_one(name, two_processes, one_process):
     single = one_process[name]
@@ -131,6 +132,7 @@ def test_two_processes_train_the_parameters_of_one(name, two_processes, one_proc
             assert b["Bleu_4"] == a["Bleu_4"] and b["attention_accuracy"] == a["attention_accuracy"]
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_files(two_processes):
     for name in CASES:
         assert not (two_processes / f"{name}-rank1").exists()
@@ -139,12 +141,14 @@ def test_only_rank_0_writes_files(two_processes):
         assert written == ["checkpoints/best.pt", "checkpoints/latest.pt", "config.yaml", "log.jsonl"]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_and_resumed_by_two_processes_matches_one_process(two_processes, one_process):
     expected = one_process["wsram"].model.state_dict()
     for rank in (0, 1):
         _assert_same_parameters(expected, torch.load(two_processes / f"resumed.rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_the_train_command_runs_under_torchrun(tmp_path):
     """`torchrun --standalone --nproc-per-node 2 -m captioner.cli train ...` needs no flag: both processes
     train, rank 0 alone prints and writes the run."""
@@ -245,7 +249,7 @@ def test_every_caption_of_a_planned_batch_reads_its_own_image(tmp_path):
     from captioner.train import Trainer
 
     for bucketing in (False, True):
-        config = load_config(overrides=["data.train_size=60", "data.val_size=4", "data.test_size=4",
+        config = load_config(overrides=["data.scenes.train_size=60", "data.scenes.val_size=4", "data.scenes.test_size=4",
                                         "train.batch_size=8", f"train.length_bucketing={str(bucketing).lower()}"])
         trainer = Trainer(config, tmp_path / f"run-{bucketing}")
         train, vocabulary = trainer.splits["train"], trainer.vocabulary

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -76,6 +78,7 @@ def test_reader_without_packing_equals_packed_reader():
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_compiled_kernels_equal_eager_ones():
     torch.manual_seed(0)
     projected = torch.randn(3, 5, 4, requires_grad=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.config import ConfigError, EncoderConfig, EstimatorConfig, ModelConfig, load_config
+from captioner.config import ConfigError, EncoderConfig, EstimatorConfig, ModelConfig, ResearchConfig, load_config
 from captioner.data.batching import encode_captions
 from captioner.data.vocabulary import Vocabulary
 from captioner.estimators import draw_locations, wsram_loss
@@ -120,8 +120,8 @@ def test_expected_prior_update_does_not_move_a_prior_equal_to_the_proposal():
     grads = {}
     for update in ("wake", "expected"):
         model.zero_grad()
-        result = wsram_loss(model, _features(2), text, EstimatorConfig(samples=4, prior_update=update),
-                            generator=torch.Generator().manual_seed(6))
+        result = wsram_loss(model, _features(2), text, EstimatorConfig(samples=4),
+                            generator=torch.Generator().manual_seed(6), research=ResearchConfig(prior_update=update))
         result.loss.backward()
         grads[update] = score.grad.abs().max().item()
     assert grads["wake"] > 1e-6
@@ -130,5 +130,5 @@ def test_expected_prior_update_does_not_move_a_prior_equal_to_the_proposal():
 
 def test_expected_prior_update_needs_a_proposal_network():
     with pytest.raises(ConfigError, match="prior_update"):
-        load_config(overrides=["estimator.prior_update=expected", "estimator.proposal_source=prior",
+        load_config(overrides=["research.prior_update=expected", "research.proposal_source=prior",
                                "model.proposal=none"])

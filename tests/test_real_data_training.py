@@ -67,6 +67,7 @@ def cache(tiny_flickr, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_extract_writes_a_complete_cache_and_counts_the_corrupt_image(cache):
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["complete"] and manifest["images_planned"] == 14 and manifest["images_stored"] == 13
@@ -77,6 +78,7 @@ def test_extract_writes_a_complete_cache_and_counts_the_corrupt_image(cache):
     assert report["images_per_second"] > 0 and report["splits"] == {"train": 8, "val": 3, "test": 3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["wsram", "var", "soft"])
 def test_each_estimator_trains_on_cached_features_and_scores_the_test_split(estimator, tiny_flickr, cache, tmp_path):
     out = tmp_path / estimator
@@ -105,12 +107,14 @@ def test_each_estimator_trains_on_cached_features_and_scores_the_test_split(esti
         assert record["file"].endswith("te0.jpg") and all(0 <= w["location"] < 4 for w in record["words"])
 
 
+@pytest.mark.slow
 def test_training_refuses_a_cache_of_another_layer(tiny_flickr, cache, tmp_path):
     config = load_config("eval/flickr8k/wsram.yaml", _base(tiny_flickr, cache) + ["model.encoder.layer=head"])
     with pytest.raises(CacheMismatchError, match="layer"), pytest.warns(UserWarning, match="not in the feature cache"):
         Trainer(config, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_fine_tuning_trains_the_backbone_from_images_and_keeps_batch_norm_statistics(tiny_flickr, tmp_path):
     config = load_config("eval/flickr8k/wsram.yaml", _base(tiny_flickr, Path("unused")) + [
         "data.features=", "model.encoder.fine_tune=true"])
@@ -135,6 +139,7 @@ def test_fine_tuning_trains_the_backbone_from_images_and_keeps_batch_norm_statis
     assert [g["lr_scale"] for g in groups] == [1.0, config.model.encoder.fine_tune_lr_scale]
 
 
+@pytest.mark.slow
 def test_grids_beyond_the_preload_limit_are_read_from_the_memory_mapped_shards(tiny_flickr, cache):
     from captioner.data.datasets import load_dataset
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.config import EncoderConfig, EstimatorConfig, ModelConfig
+from captioner.config import EncoderConfig, EstimatorConfig, ModelConfig, ResearchConfig
 from captioner.data.batching import encode_captions
 from captioner.data.vocabulary import Vocabulary
 from captioner.estimators import draw_locations, effective_sample_size, normalized_weights, wsram_loss
@@ -125,6 +125,6 @@ def test_wsram_loss_ess_is_one_with_a_blind_decoder_in_every_layout():
         model = _blind_model(proposal)
         features = torch.randn(3, model.num_locations, 6, dtype=torch.float64)
         torch.manual_seed(8)
-        result = wsram_loss(model, features, text, EstimatorConfig(samples=3, layout=layout),
-                            generator=torch.Generator().manual_seed(9))
+        result = wsram_loss(model, features, text, EstimatorConfig(samples=3),
+                            generator=torch.Generator().manual_seed(9), research=ResearchConfig(layout=layout))
         assert float(result.diagnostics["ess_per_k"]) == pytest.approx(1.0, abs=1e-12), (proposal, layout)

@@ -17,7 +17,7 @@ from research.study import _Run, load_study, run_study
 ROOT = Path(__file__).resolve().parents[1]
 
 STUDY = """
-set: [data.train_size=40, data.val_size=6, data.test_size=6, train.batch_size=10, train.epochs=2,
+set: [data.scenes.train_size=40, data.scenes.val_size=6, data.scenes.test_size=6, train.batch_size=10, train.epochs=2,
       train.log_every=2, train.validation_samples=2, model.hidden_dim=16, model.embedding_dim=8,
       model.attention_dim=8, model.encoder.feature_dim=8, model.proposal_hidden_dim=8, decode.max_length=6]
 eval_every: 2
@@ -42,6 +42,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, monkeypatch):
     study = load_study(_study(tmp_path))
     study.save_models = True
@@ -106,6 +107,7 @@ def test_study_writes_curves_variance_summary_and_figures_and_resumes(tmp_path, 
         assert (out / figure).stat().st_size > 5000, figure
 
 
+@pytest.mark.slow
 def test_the_command_summarises_an_existing_study(tmp_path):
     study_path = _study(tmp_path)
     out = tmp_path / "out"
@@ -135,6 +137,7 @@ def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
     assert str(path) in str(error.value)
 
 
+@pytest.mark.slow
 def test_every_arm_of_the_flickr8k_grid_runs_on_a_tiny_scenes_model(tmp_path):
     """The arms of eval/efficiency/flickr8k.yaml (estimators and overrides), one seed each, with the
     shared config swapped for a tiny scenes one: each trains, is measured and is scored."""
@@ -150,6 +153,7 @@ def test_every_arm_of_the_flickr8k_grid_runs_on_a_tiny_scenes_model(tmp_path):
     assert soft["variance_points"][0]["prior_variance"] == 0.0  # nothing sampled
 
 
+@pytest.mark.slow
 def test_only_trains_the_named_runs_and_workers_can_skip_the_summary(tmp_path):
     """Parallel workers share one --out: each trains only its runs and writes no summary; a later
     summarise sees both runs."""

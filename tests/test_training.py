@@ -10,7 +10,7 @@ import torch
 from captioner.config import config_for_estimator, load_config
 from captioner.train import Trainer
 
-TINY = ["data.train_size=12", "data.val_size=4", "data.test_size=4", "train.batch_size=4", "train.epochs=2",
+TINY = ["data.scenes.train_size=12", "data.scenes.val_size=4", "data.scenes.test_size=4", "train.batch_size=4", "train.epochs=2",
         "train.progress_bar=false", "train.log_every=1", "train.validation_samples=2", "model.dropout=0.1",
         "model.hidden_dim=16", "model.embedding_dim=8", "model.attention_dim=8", "model.encoder.feature_dim=8",
         "model.proposal_hidden_dim=8", "decode.max_length=6"]

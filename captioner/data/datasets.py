@@ -108,9 +108,10 @@ class CaptionSplit:
 
 
 def load_scenes(config: DataConfig) -> dict[str, CaptionSplit]:
+    scenes = config.scenes
     spec = ScenesSpec(
-        train=config.train_size, val=config.val_size, test=config.test_size, image_size=config.image_size,
-        min_objects=config.min_objects, max_objects=config.max_objects, seed=config.seed,
+        train=scenes.train_size, val=scenes.val_size, test=scenes.test_size, image_size=scenes.image_size,
+        min_objects=scenes.min_objects, max_objects=scenes.max_objects, seed=scenes.seed,
     )
     splits = {}
     for name, examples in make_scene_splits(spec).items():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +32,7 @@ import torch
 
 from captioner.data.gpu_decode import ReadImage, assemble_batch, read_for_decode_jpeg, read_with_pil
 from captioner.data.records import ImageRecord, SkipReport
+from captioner.files import atomic_write, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,21 +44,15 @@ class CacheMismatchError(ValueError):
     """A feature cache was made with another encoder, weights or image list than asked for."""
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
             np.save(handle, array)
-    _atomic_write_bytes(path, write)
+    atomic_write(path, write)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(data, indent=1)))
+    write_json(path, data, indent=1)
 
 
 def _as_json(data: dict) -> dict:

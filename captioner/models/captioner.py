@@ -19,6 +19,7 @@ from torch import nn
 
 from captioner.config import DecodeConfig, ModelConfig, from_dict
 from captioner.data.vocabulary import Vocabulary
+from captioner.files import atomic_write, write_json
 from captioner.models.decoder import AttentionDecoder
 from captioner.data.images import IMAGE_MEAN, IMAGE_STD, as_pixels, normalize_images
 from captioner.models.decode import beam_search
@@ -151,12 +152,11 @@ class CaptionModel(nn.Module, ModelHubMixin, library_name="captioner", tags=["im
                          if self.uses_backbone else None),
             "vocabulary": self.vocabulary.words,
         }
-        _atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
-        _atomic_write_text(folder / "decoding.json", json.dumps(dataclasses.asdict(self.decoding), indent=2))
+        write_json(folder / "config.json", config)
+        write_json(folder / "decoding.json", dataclasses.asdict(self.decoding))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        temporary = folder / "model.safetensors.tmp"
-        save_file(state, str(temporary), metadata={"format": "pt"})
-        temporary.replace(folder / "model.safetensors")
+        atomic_write(folder / "model.safetensors", lambda temporary: save_file(state, str(temporary),
+                                                                                metadata={"format": "pt"}))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, device: str | torch.device = "cpu",
@@ -212,12 +212,6 @@ class CaptionModel(nn.Module, ModelHubMixin, library_name="captioner", tags=["im
 def load_decoding(folder: str | Path) -> DecodeConfig:
     path = Path(folder) / "decoding.json"
     return from_dict(DecodeConfig, json.loads(path.read_text()), prefix="decode.") if path.is_file() else DecodeConfig()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 __all__ = ["CaptionModel", "load_decoding"]

@@ -1,0 +1,47 @@
+"""scripts/reproduce_flickr8k.sh end to end on the CPU, on 24 images of each split and a tiny model (a
+smoke run: the real one needs a GPU): every step runs and writes what the README's tables come from."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ("data.limit_images=24 train.epochs=1 train.batch_size=8 model.hidden_dim=32 model.embedding_dim=16 "
+        "model.attention_dim=16 model.encoder.feature_dim=16 model.proposal_hidden_dim=8")
+
+
+def test_the_script_refuses_a_folder_that_is_not_flickr8k(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k.sh"), str(tmp_path), str(tmp_path / "c"),
+                             str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "not a Flickr8k release folder" in result.stderr
+    usage = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k.sh")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: bash scripts/reproduce_flickr8k.sh" in usage.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_the_reproduction_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_root, tmp_path):
+    env = {**os.environ, "DEVICE": "cpu", "RUNS_AT_ONCE": "2", "SPREAD_IMAGES": "4", "EXTRA_SETS": TINY,
+           "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k.sh"), str(flickr8k_root),
+                             str(tmp_path / "cache"), str(out)], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["arms"]) == ["soft", "var", "wsram"] and all(a["finished"] == 3 for a in summary["arms"].values())
+    assert summary["timing_alone_seconds_per_update"].keys() == {"wsram", "var", "soft"}
+    for name in ("wsram-s0", "wsram-s1", "wsram-s2", "var-s0", "var-s1", "var-s2"):
+        assert json.loads((out / "post" / f"spread-{name}.json").read_text())["images"] == 4
+    assert (out / "post" / "var-signal-var-s0.json").is_file() and (out / "post" / "var-signal-wsram-s0.json").is_file()
+    assert len(list((out / "post" / "attention").glob("*.png"))) == 4
+    assert (out / "bound_vs_updates.png").stat().st_size > 5000
+    if shutil.which("java"):
+        assert (out / "test_scores_java.json").is_file()

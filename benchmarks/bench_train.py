@@ -18,7 +18,9 @@ AdamW; `captioner.step.training_update`, the Trainer's own) on cached grids resi
 - `wsram-eager`: the same without torch.compile;
 - `wsram-stepwise`: the per-step reference loop of the same model (the decoder run word by word,
   as REINFORCE must; eager, bf16), in the same process so that the ratio is on one card;
-- `var` and `soft`: the baselines (inherently step by step; eager, bf16).
+- `var` and `soft`: the baselines (inherently step by step; eager, bf16);
+- `wsram-graphed`, `var-graphed`, `soft-graphed`: the same updates captured in CUDA graphs
+  (captioner/graphs.py, the Trainer's default on CUDA; compiled kernels as wsram-fast), replayed.
 Each variant runs `--warmup` untimed updates (compilation included) then `--updates` timed ones
 between CUDA events. Writes results.json and table.txt under --out.
 
@@ -49,6 +51,7 @@ from captioner.config import load_config
 from captioner.data.batching import CaptionText
 from captioner.data.vocabulary import SPECIAL_TOKENS, Vocabulary
 from captioner.estimators import ReinforceBaseline
+from captioner.graphs import GraphedUpdates
 from captioner.models import fused
 from captioner.models.captioner import CaptionModel
 from captioner.models.noise import BatchShare
@@ -113,8 +116,9 @@ def make_text(captions: int, max_words: int, vocabulary_size: int, pool: torch.T
 
 
 def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: distributed.Distributed) -> dict:
-    estimator = "wsram" if variant.startswith("wsram") else variant
-    compiled = variant in ("wsram-fast", "wsram-inductor") and device.type == "cuda"
+    estimator = variant.split("-")[0]
+    graphed = variant.endswith("-graphed") and device.type == "cuda" and not place.active  # graphs: one process
+    compiled = (variant in ("wsram-fast", "wsram-inductor") or graphed) and device.type == "cuda"
     attention_kernel = "inductor" if variant == "wsram-inductor" else "triton"
     if args.samples_per_update:
         shape = dataclasses.replace(shape, samples_per_update=args.samples_per_update)
@@ -134,7 +138,7 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
     model.train()
     optimizer = make_optimizer([{"params": [p for n, p in model.named_parameters()
                                             if p.requires_grad and not n.startswith("encoder.backbone")]}],
-                               1e-4, 0.0, device)
+                               1e-4, 0.0, device, capturable=graphed)
     samples = config.estimator.samples if estimator == "wsram" else 1
     captions = shape.samples_per_update // samples
     images = max(captions // shape.captions_per_image, 1)
@@ -158,9 +162,7 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
                                                               config.research),
                                             device_ids=None)
 
-    def update(i: int) -> dict:
-        image_ids, rows, text = batches[i % len(batches)]
-        inputs = pool.index_select(0, image_ids).float()
+    def step(inputs: torch.Tensor, rows: torch.Tensor, text: CaptionText) -> dict:
         randomness = cuda_generator
         if objective is not None:
             randomness = BatchShare(cuda_generator, host_generator, place.rank * captions,
@@ -168,6 +170,12 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
         return training_update(model, optimizer, inputs, "features", rows, text, config.estimator, baseline,
                                grad_clip=5.0, bf16=True, generator=randomness, loss_module=objective,
                                research=config.research)
+
+    run = GraphedUpdates(step, [cuda_generator]) if graphed else step
+
+    def update(i: int) -> dict:
+        image_ids, rows, text = batches[i % len(batches)]
+        return run(pool.index_select(0, image_ids).float(), rows, text)
 
     with fused.compiled_kernels(compiled, attention_kernel):
         start = time.perf_counter()
@@ -204,6 +212,7 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
     return {
         "shape": shape.name, "variant": variant, "estimator": estimator, "layout": config.research.layout,
         "compiled": compiled, "attention_kernel": attention_kernel if compiled else "eager",
+        "cuda_graphs": graphed, "graphs_captured": len(run.graphs) if graphed else 0,
         "captions_per_update": captions, "samples_per_caption": samples,
         "caption_samples_per_update": captions * samples * place.world_size, "images_per_update": images,
         "processes": place.world_size, "caption_samples_per_update_per_process": captions * samples,
@@ -236,7 +245,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--shapes", default="flickr8k,coco")
-    parser.add_argument("--variants", default="wsram-fast,wsram-inductor,wsram-eager,wsram-stepwise,var,soft")
+    parser.add_argument("--variants", default="wsram-graphed,wsram-fast,wsram-inductor,wsram-eager,wsram-stepwise,"
+                                              "var-graphed,var,soft-graphed,soft")
     parser.add_argument("--flickr8k", default=None, help="Flickr8k root, for real caption lengths")
     parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=8)

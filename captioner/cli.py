@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from captioner.config import ConfigError, DecodeConfig, config_for_estimator, load_config
+from captioner.errors import CaptionerError
+from captioner.outputs import check_file_writable, check_folder_writable, output_error, writing
 
 DESCRIPTION = """Hard-attention image captioning trained with wake-sleep importance weighting (WS-RAM).
 
@@ -65,6 +67,7 @@ def command_demo(args: argparse.Namespace) -> int:
     from captioner.experiment import format_scores, run_experiment
 
     config = _build_config(args)
+    check_folder_writable(args.out)
     main_process = distributed.Distributed.from_environment().is_main
     if main_process:
         print(f"captioner demo: training {config.estimator.name} on the built-in scenes data "
@@ -94,7 +97,11 @@ def command_extract(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     out = config.data.features
     if not out:
-        raise ConfigError("data.features: name the cache folder to write (or pass --out)")
+        raise ConfigError("data.features: name the cache folder to " + ("check" if args.verify else "write") +
+                          " (or pass --out)")
+    if args.verify:
+        return _verify_cache(out, args.workers)
+    check_folder_writable(out, "feature cache folder")
     device = args.device or "cpu"
     decoder = resolve_decoder(args.decode, device)
     print(f"captioner extract: {config.model.encoder.name} {config.model.encoder.layer or '(default layer)'} at "
@@ -105,7 +112,29 @@ def command_extract(args: argparse.Namespace) -> int:
     print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s, "
           f"{report.images_per_second_after_first_batch:.1f} after the first batch's {report.first_batch_seconds:.2f} s; "
           f"decoder {report.decoder}), {report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
+    for path, problem in report.damaged.items():
+        print(f"  redid a damaged shard: {path}: {problem}")
     print(f"wrote {out}/manifest.json and {out}/extraction.json")
+    return 0
+
+
+def _verify_cache(out: str, workers: int) -> int:
+    """`captioner extract --verify`: every checksum of the cache recomputed; 1 if anything is damaged."""
+    from captioner.data.feature_cache import REPAIR, verify_cache
+
+    report = verify_cache(out, workers)
+    for path, problem in report.damaged.items():
+        print(f"DAMAGED {path}: {problem}")
+    print(f"{out}: {report.shards} shard(s), {report.bytes_checked / 1e6:.1f} MB checked in {report.seconds:.1f} s; "
+          + (f"{len(report.damaged)} damaged file(s)" if report.damaged else "no damage found")
+          + ("" if report.complete else "; the cache is incomplete (extraction was interrupted)"))
+    if report.unchecked:
+        print(f"  {len(report.unchecked)} shard(s) were written before shards carried checksums "
+              f"({', '.join(report.unchecked[:3])}{', ...' if len(report.unchecked) > 3 else ''}): checked for "
+              "truncation, their headers and NaN or infinite values only; extract into a new folder to add checksums")
+    if report.damaged or not report.complete:
+        print(f"to repair: {REPAIR}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -115,6 +144,7 @@ def command_train(args: argparse.Namespace) -> int:
     from captioner.experiment import format_scores, run_experiment
 
     config = _build_config(args)
+    check_folder_writable(args.out)
     try:
         metrics = run_experiment(config, args.out, resume=args.resume)
     finally:
@@ -250,6 +280,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
     try:
         _check_evaluate_arguments(args)
+        if args.out:
+            check_file_writable(args.out, "report file")  # before the scoring, not after it
         result = _evaluate_results_file(args) if args.results is not None else _evaluate_model(args)
     except EvaluationInputError as error:
         print(f"captioner evaluate: error: {error}", file=sys.stderr)
@@ -261,7 +293,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
         print(f"model ({result['estimator']}, beam size {result['beam_size']}):")
         print(format_scores(result["model_scores"]))
     if args.out:
-        write_report(result, args.out)
+        with writing(args.out):
+            write_report(result, args.out)
         print(f"wrote {args.out}")
     return 0
 
@@ -270,27 +303,50 @@ def command_caption(args: argparse.Namespace) -> int:
     import torch
 
     import captioner
-    from captioner.data.images import find_images
-    from captioner.inference import caption_files
+    from captioner.data.records import SkipReport
+    from captioner.inference import caption_files, find_image_files
 
+    if args.output:
+        check_file_writable(args.output, "output file")
+    if args.attention_dir:
+        check_folder_writable(args.attention_dir, "attention picture folder")
     device = torch.device(args.device or "cpu")
     model = captioner.load(args.model, device)
     decode = _decode_overrides(args, model.decoding)
-    paths = find_images(args.paths)
+    not_images = SkipReport()
+    paths = find_image_files(args.paths, not_images)
+    for details in not_images.details.values():
+        for detail in details:
+            print(f"skipped: {detail}", file=sys.stderr)
     if not paths:
         print("captioner caption: no image files found in the given paths", file=sys.stderr)
         return 1
     errors: list[str] = []
     output = open(args.output, "w") if args.output else sys.stdout
-    count = 0
+    count, good = 0, 0
     try:
         for record in caption_files(model, paths, decode, device, args.batch_size, args.attention_dir, errors):
             output.write(json.dumps(record.to_json()) + "\n")
+            if args.output:
+                output.flush()
+                good = output.tell()
             count += 1
+    except OSError:
+        if args.output:  # keep the lines written whole: no half line at the end
+            try:
+                output.truncate(good)
+            except OSError:
+                pass
+        raise
     finally:
         if args.output:
-            output.close()
-    print(f"captioned {count} image(s); skipped {len(errors)} unreadable", file=sys.stderr)
+            try:
+                output.close()
+            except OSError:
+                pass
+    left_out = f", {not_images.total} not image files ({', '.join(sorted(not_images.counts))})" \
+        if not_images.total else ""
+    print(f"captioned {count} image(s); skipped {len(errors)} unreadable{left_out}", file=sys.stderr)
     return 0 if count else 1
 
 
@@ -329,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "files with PIL); auto (default): gpu when --device is a GPU, else pil. The caches are "
                          "interchangeable")
     extract.add_argument("--quiet", action="store_true")
+    extract.add_argument("--verify", action="store_true",
+                         help="check the cache (--out or data.features) instead of writing it: recompute every "
+                         "shard's checksum, name each damaged file, exit 1 if any (a re-run of the extract "
+                         "command that made it redoes only the damaged shards)")
     extract.set_defaults(handler=command_extract)
 
     train = sub.add_parser("train", help="train from a config; writes checkpoints, logs, the model and metrics",
@@ -410,6 +470,29 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"captioner {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except CaptionerError as error:
+        print(f"captioner {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as error:
+        # A full disk, a quota, no permission, a read-only file system, wherever it happened: the
+        # path and the cause in one line (files already written are whole: writes are atomic).
+        said = output_error(error, _output_of(args))
+        if said is None:
+            raise
+        print(f"captioner {args.command}: error: {_one_line(said)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _output_of(args: argparse.Namespace) -> Path | None:
+    """Where the command writes, for an error that names no file."""
+    for name in ("out", "output", "attention_dir"):
+        if getattr(args, name, None):
+            return Path(getattr(args, name))
+    return None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ whole. Every error names the offending key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -176,6 +178,10 @@ class TrainConfig:
     # through torch.compile (captioner/models/fused.py): same numbers, far less memory traffic.
     # Ignored on the CPU. (Which kernels: research.attention_kernel.)
     compile: bool = True
+    # On CUDA, capture the whole update in CUDA graphs, one per batch shape, and replay them
+    # (captioner/graphs.py): the same update with one launch instead of hundreds. Ignored on the CPU,
+    # under torchrun, and for the settings graphs cannot hold (captioner.graphs.graphable says why).
+    cuda_graphs: bool = True
     # Fraction of the updates over which model.initial_state_dropout falls linearly to 0 (0: constant).
     initial_state_dropout_decay: float = 0.0
     learning_rate: float = 5e-3
@@ -190,6 +196,16 @@ class TrainConfig:
     validation_beam_size: int = 1
     log_every: int = 20
     progress_bar: bool = True
+    # Also write checkpoints/latest.pt every this many updates (0: at epoch ends only); --resume then
+    # continues exactly from the update after it, within an epoch or not.
+    checkpoint_every: int = 0
+    # An update whose loss or gradient is not finite is skipped (parameters, optimiser and batch
+    # statistics unchanged) and counted; this many in a row stop the run with an error that names
+    # the last good checkpoint (0: never stop).
+    max_skipped_updates_in_a_row: int = 5
+    # Warn (on stderr, in log.jsonl and metrics.json) when the training loss grows past this many
+    # times its first value (at least 1 in magnitude): a learning rate far too high; 0: never warn.
+    loss_warning_factor: float = 100.0
 
 
 @dataclass
@@ -249,6 +265,34 @@ class ExperimentConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+# Numbers as people write them. YAML 1.1 (PyYAML) reads 1e-3 and 5E6 as strings (it wants 1.0e-3);
+# and "nan", "inf" as strings, ".nan", ".inf" as floats: neither may reach a setting.
+_DECIMAL = re.compile(r"[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_NON_FINITE = re.compile(r"[-+]?\.?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def _convert_number(value: Any, annotation: type, key: str) -> int | float:
+    """An int or float setting: YAML numbers, and strings such as "1e-3", "-2.5E-1"; NaN and infinities refused."""
+    if isinstance(value, str) and _NON_FINITE.fullmatch(value.strip()) or \
+            isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        number = float(value.strip().replace("_", ""))
+        if not math.isfinite(number):  # e.g. 1e999
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        if annotation is float:
+            return number
+        if number.is_integer() and re.search(r"[eE]", value):  # 1e6 for an integer setting
+            return int(number)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    return float(value)
+
+
 def _convert(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -264,14 +308,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+    if annotation in (int, float):
+        return _convert_number(value, annotation, key)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -358,7 +396,12 @@ def parse_override(text: str) -> dict[str, Any]:
     parts = dotted.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {text!r}: empty key")
-    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{dotted.strip()}: the value {raw!r} is not valid YAML ({problem}); quote it, "
+                          f"e.g. --set '{dotted.strip()}=\"...\"'") from None
     for part in reversed(parts):
         value = {part: value}
     return value
@@ -476,6 +519,9 @@ def validate(config: ExperimentConfig) -> None:
     for key in ("epochs", "batch_size", "validation_samples", "validation_beam_size", "log_every"):
         positive(f"train.{key}", getattr(t, key))
     non_negative("train.max_steps", t.max_steps)
+    non_negative("train.checkpoint_every", t.checkpoint_every)
+    non_negative("train.max_skipped_updates_in_a_row", t.max_skipped_updates_in_a_row)
+    non_negative("train.loss_warning_factor", t.loss_warning_factor)
     non_negative("train.captions_per_image", t.captions_per_image)
     positive("train.learning_rate", t.learning_rate)
     non_negative("train.weight_decay", t.weight_decay)

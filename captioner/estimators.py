@@ -223,10 +223,11 @@ class ReinforceBaseline:
         """A batch with a non-finite reward leaves the average as it was (on the device, no sync)."""
         reward = reward.detach().mean()
         if self.value is None:
-            self.value = reward
+            self.value = reward.clone()
             return
         moved = decay * self.value + (1.0 - decay) * reward
-        self.value = torch.where(torch.isfinite(moved), moved, self.value)
+        # in place: a CUDA graph of the update (captioner.graphs) reads and writes this very tensor
+        self.value.copy_(torch.where(torch.isfinite(moved), moved, self.value))
 
     def state_dict(self) -> dict:
         return {"value": None if self.value is None else self.value.detach().cpu()}

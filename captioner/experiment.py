@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -11,10 +10,12 @@ from pathlib import Path
 from PIL import Image
 
 from captioner.config import ExperimentConfig
+from captioner.data.datasets import skip_summary
 from captioner.evaluation import evaluate_split
+from captioner.files import atomic_write, atomic_write_text, json_text, write_json
 from captioner.inference import caption_files
 from captioner.plots import plot_learning_curves
-from captioner.train import Trainer
+from captioner.train import Trainer, crash_point, finite_for_json
 
 
 def format_scores(scores: dict) -> str:
@@ -32,24 +33,33 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
     many test images from PNG files (out_dir/examples), with attention pictures.
 
     Under torchrun every process trains and scores its share of the test split; rank 0 writes the
-    files. Every process returns the metrics."""
+    files. Every process returns the metrics.
+
+    Killed at any moment and run again with `resume`, it writes the same model and metrics.json
+    (wall-clock times apart) as a run that was never stopped: training continues from the last
+    checkpoint and everything after training is done again from checkpoints/best.pt. Nothing
+    non-finite is exported (the Trainer's NonFiniteStateError); a NaN or infinite score is written
+    to metrics.json as null and its key listed under "non_finite"."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     trainer = Trainer(config, out_dir, resume=resume)
     summary = trainer.train()
     trainer.load_best()
+    model_dir = out_dir / "model"
+    trainer.check_finite(model_dir / "model.safetensors", model_only=True)  # before scoring it, in every process
     model = trainer.model.eval()
     test = trainer.splits["test"]
     scores, captions = evaluate_split(model, test, config.decode, trainer.device, config.train.validation_samples,
                                       full_metrics=True, distributed=trainer.distributed)
-    model_dir = out_dir / "model"
     if not trainer.distributed.is_main:
         return _metrics(config, scores, summary, model_dir, time.perf_counter() - start)
     model.save_pretrained(model_dir, config.decode)
-    shutil.copyfile(out_dir / "config.yaml", model_dir / "training_config.yaml")
+    atomic_write(model_dir / "training_config.yaml",
+                 lambda temporary: shutil.copyfile(out_dir / "config.yaml", temporary))
+    crash_point("model exported")
     # The test captions in the COCO results format, so any scorer can score them again.
-    (out_dir / "test_captions.json").write_text(json.dumps(
-        [{"image_id": image_id, "caption": c.text} for image_id, c in zip(test.image_ids, captions)], indent=0))
+    write_json(out_dir / "test_captions.json",
+               [{"image_id": image_id, "caption": c.text} for image_id, c in zip(test.image_ids, captions)], indent=0)
     if summary["history"]:
         plot_learning_curves({config.estimator.name: summary["history"]}, out_dir / "learning_curves.png")
     if examples and test.raw_images is not None:
@@ -60,18 +70,23 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
             path = folder / f"scene_{image_id:05d}.png"
             Image.fromarray(pixels).save(path)
             paths.append(path)
-        with open(out_dir / "captions.jsonl", "w") as handle:
-            for record in caption_files(model, paths, config.decode, trainer.device,
-                                        attention_dir=out_dir / "attention"):
-                handle.write(json.dumps(record.to_json()) + "\n")
+        lines = []
+        for record in caption_files(model, paths, config.decode, trainer.device, attention_dir=out_dir / "attention"):
+            clean, replaced = finite_for_json(record.to_json())
+            lines.append(json_text({**clean, "non_finite": replaced} if replaced else clean) + "\n")
+        atomic_write_text(out_dir / "captions.jsonl", "".join(lines))
     metrics = _metrics(config, scores, summary, model_dir, time.perf_counter() - start)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["skipped"] = skip_summary(trainer.splits)  # what the data readers left out, by reason
+    crash_point("metrics ready")
+    write_json(out_dir / "metrics.json", metrics)
+    crash_point("metrics.json in place")
     return metrics
 
 
 def _metrics(config: ExperimentConfig, scores: dict, summary: dict, model_dir: Path, seconds: float) -> dict:
-    """The metrics.json record of a run."""
-    return {
+    """The metrics.json record of a run: strict JSON, a NaN or infinite value as null with its key
+    listed under "non_finite"."""
+    metrics, replaced = finite_for_json({
         "dataset": config.data.dataset,
         "split": "test",
         "estimator": config.estimator.name,
@@ -83,8 +98,14 @@ def _metrics(config: ExperimentConfig, scores: dict, summary: dict, model_dir: P
         "steps": summary["step"],
         "epochs": summary["epoch"],
         "best_val_bleu_4": summary["best_val_bleu_4"],
+        "best_step": summary["best_step"],
+        "skipped_updates": summary["skipped_updates"],
+        "warnings": summary["warnings"],
         "validation": summary["history"],
         "config": dataclasses.asdict(config),
         "model_dir": str(model_dir),
-    }
+    })
+    if replaced:
+        metrics["non_finite"] = replaced
+    return metrics
 

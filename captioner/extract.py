@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import sys
@@ -14,6 +13,7 @@ import torch
 from captioner.config import ExperimentConfig
 from captioner.data.datasets import read_records, split_records
 from captioner.data.feature_cache import ExtractionReport, extract_features
+from captioner.files import write_json
 from captioner.models.backbones import build_backbone
 from captioner.models.encoder import backbone_name
 
@@ -57,7 +57,7 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
         "shards_written": report.shards_done,
         "shards_already_done": report.shards_skipped,
         "seconds": report.seconds,
-        "images_per_second": report.images_per_second,
+        "images_per_second": _number(report.images_per_second),
         "first_batch_seconds": _number(report.first_batch_seconds),
         "images_per_second_after_first_batch": _number(report.images_per_second_after_first_batch),
         "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else
@@ -66,9 +66,10 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
         "workers": workers,
         "decoder": report.decoder,
         "torch": torch.__version__,
-        "skipped": report.skipped.to_dict(),
+        "skipped": report.skipped.to_dict(full=True),
+        "damaged_shards_redone": report.damaged,
     }
-    (Path(out_dir) / "extraction.json").write_text(json.dumps(summary, indent=2))
+    write_json(Path(out_dir) / "extraction.json", summary)
     return report
 
 

@@ -24,10 +24,27 @@ def autocast_context(device: torch.device, bf16: bool):
 
 
 def make_optimizer(parameter_groups: list[dict], learning_rate: float, weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; one fused kernel for all parameters on CUDA."""
-    fused = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(parameter_groups, lr=learning_rate, weight_decay=weight_decay, **fused)
+                   device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
+    """AdamW; one fused kernel for all parameters on CUDA. `capturable` (CUDA only): the step counts
+    and every group's learning rate live in device tensors (fill them with `set_learning_rate`), so
+    that the step can be captured in a CUDA graph (captioner.graphs)."""
+    if device.type != "cuda":
+        return torch.optim.AdamW(parameter_groups, lr=learning_rate, weight_decay=weight_decay)
+    if capturable:
+        parameter_groups = [{**group, "lr": torch.tensor(float(group.get("lr", learning_rate)), device=device)}
+                            for group in parameter_groups]
+        return torch.optim.AdamW(parameter_groups, lr=torch.tensor(learning_rate, device=device),
+                                 weight_decay=weight_decay, fused=True, capturable=True)
+    return torch.optim.AdamW(parameter_groups, lr=learning_rate, weight_decay=weight_decay, fused=True)
+
+
+def set_learning_rate(group: dict, value: float) -> None:
+    """Set a parameter group's learning rate: in place where it is a device tensor (a capturable
+    optimiser, whose CUDA graphs read it from there), else as a number."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
 
 
 def training_update(

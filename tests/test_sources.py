@@ -70,8 +70,9 @@ def test_flickr8k_real_counts(flickr8k_read):
 def test_flickr8k_real_bad_entry_skipped_and_warned_once(flickr8k_read):
     records, messages = flickr8k_read
     assert len(messages) == 1
-    assert records.skipped.counts == {"image file missing": 2}  # "...jpg.1" (1 line) and "...jpg" (4 lines)
-    details = " ".join(records.skipped.examples["image file missing"])
+    # "...jpg.1" (1 line) and "...jpg" (4 lines): in no split file, and no image file either
+    assert records.skipped.counts == {"captions of an image in no split": 2}
+    details = " ".join(records.skipped.examples["captions of an image in no split"])
     assert "Flickr8k.token.txt:6731" in details and "2258277193_586949ec62.jpg.1" in details
     assert "2258277193_586949ec62" not in by_id(records)
 
@@ -144,14 +145,14 @@ def test_flickr8k_small_records_and_skips(tmp_path):
     assert ids["a"].path == root / "Flicker8k_Dataset" / "a.jpg" and ids["a"].split == "train"
     assert records.skipped.counts == {
         "duplicate caption line": 1, "malformed caption line": 3, "image without captions": 1,
-        "image listed twice in the split files": 1, "image file missing": 2,
+        "image listed twice in the split files": 1, "image file missing": 1, "captions of an image in no split": 1,
     }
     examples = records.skipped.examples
     assert examples["duplicate caption line"] == ["Flickr8k.token.txt:3: a.jpg#1 already on line 1"]
     assert examples["malformed caption line"][0].startswith("Flickr8k.token.txt:5:")
     assert examples["image listed twice in the split files"][0].startswith("Flickr_8k.devImages.txt:3: d.jpg")
     assert any("Flickr_8k.testImages.txt:1" in e and "e.jpg" in e for e in examples["image file missing"])
-    assert any("ghost.jpg" in e for e in examples["image file missing"])
+    assert any("ghost.jpg" in e for e in examples["captions of an image in no split"])
     assert "1 captioned images in no split" in records.source
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ class CachedFeatures:
         self.loaded: torch.Tensor | None = None
 
     def preload(self) -> "CachedFeatures":
+        """Read every row into RAM, after checking the checksums of the shards they come from (each
+        shard once per cache; FeatureCacheError naming a damaged file). Rows with NaN or infinite
+        values are refused (FeatureCache.get); without preloading, that check runs batch by batch."""
+        self.cache.verify(self.image_ids)
         self.loaded = self.cache.get(self.image_ids, torch.float16)
         return self
 
@@ -83,7 +88,9 @@ class CaptionSplit:
     word_cells: list[list[list[int]]] | None = None  # per image, per caption, per token (scenes only)
     raw_images: np.ndarray | None = None  # uint8 (N, S, S, 3), for pictures and demos (scenes only)
     paths: list[Path] | None = None  # image files (data sets on disk)
-    skipped: SkipReport = field(default_factory=SkipReport)
+    skipped: SkipReport = field(default_factory=SkipReport)  # left out of this split while loading
+    # What the data set's reader skipped (one report shared by the splits of a data set on disk)
+    source_skipped: SkipReport | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -163,30 +170,52 @@ def split_records(records: CaptionRecords, limit: int = 0) -> dict[str, list[Ima
     return splits
 
 
+def _extraction_skips(cache: FeatureCache) -> dict[str, str]:
+    """Image path -> why extraction left it out, from the cache manifest's skip record."""
+    skipped = cache.manifest.get("skipped") or {}
+    found: dict[str, str] = {}
+    for reason, details in (skipped.get("details") or skipped.get("examples") or {}).items():
+        for detail in details:
+            found.setdefault(str(detail).split(": ", 1)[0], reason)
+    return found
+
+
 def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, CaptionSplit]:
     """Splits of a data set on disk, with cached backbone grids (or image files when the encoder is
-    fine-tuned). Images the cache lacks (unreadable at extraction) are left out and counted."""
+    fine-tuned). Images the cache lacks (unreadable at extraction) are left out and counted; one
+    warning names every split's, each image once (a split that is another's images, as COCO's val
+    serving as test, is not reported twice). `skip_summary(splits)` gathers it all for metrics.json."""
     records = read_records(config)
     fine_tune = model_config is not None and model_config.encoder.fine_tune
     cache = None if fine_tune else FeatureCache(config.features)
-    splits = {}
+    why = _extraction_skips(cache) if cache is not None else {}
+    splits: dict[str, CaptionSplit] = {}
+    done: dict[int, tuple[str, list[ImageRecord], SkipReport]] = {}  # id(items) -> first split of those images
+    messages = []
     for name, items in split_records(records, config.limit_images).items():
-        skipped = SkipReport()
-        kept = []
-        for record in items:
-            if cache is not None and record.image_id not in cache:
-                skipped.add("not in the feature cache (unreadable at extraction)", str(record.path))
-                continue
-            if cache is None:
-                try:
-                    read_image(record.path, 8)
-                except ImageReadError as error:
-                    skipped.add("unreadable image", str(error))
+        if id(items) in done:
+            first, kept, skipped = done[id(items)]
+        else:
+            skipped = SkipReport()
+            kept = []
+            for record in items:
+                if cache is not None and record.image_id not in cache:
+                    reason = why.get(str(record.path))
+                    skipped.add("not in the feature cache (unreadable at extraction)",
+                                f"{record.path}" + (f" (extraction: {reason})" if reason else ""))
                     continue
-            kept.append(record)
-        if not kept:
-            raise ValueError(f"{records.source}: split {name!r} has no usable images ({skipped.summary()})")
-        skipped.warn(f"{records.source} ({name})")
+                if cache is None:
+                    try:
+                        read_image(record.path, 8)
+                    except ImageReadError as error:
+                        skipped.add("unreadable image", str(error))
+                        continue
+                kept.append(record)
+            if not kept:
+                raise ValueError(f"{records.source}: split {name!r} has no usable images ({skipped.summary()})")
+            done[id(items)] = (name, kept, skipped)
+            if skipped.total:
+                messages.append(f"{name}: {skipped.summary()}")
         ids = [r.image_id for r in kept]
         if cache is not None:
             inputs, kind = CachedFeatures(cache, ids), "features"
@@ -195,8 +224,26 @@ def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, Captio
         else:
             inputs, kind = ImageFiles([r.path for r in kept], model_config.encoder.image_size), "images"
         splits[name] = CaptionSplit(name=name, inputs=inputs, captions=[list(r.captions) for r in kept],
-                                    image_ids=ids, input_kind=kind, paths=[r.path for r in kept], skipped=skipped)
+                                    image_ids=ids, input_kind=kind, paths=[r.path for r in kept], skipped=skipped,
+                                    source_skipped=records.skipped)
+    if messages:
+        warnings.warn(f"{records.source}: " + " || ".join(messages), stacklevel=2)
     return splits
+
+
+def skip_summary(splits: dict[str, CaptionSplit]) -> dict:
+    """What was left out of the data of `splits`, for a run's metrics.json: "total" and "counts" per
+    reason over the reader and every split (each item once), then "reading" (the data set reader's
+    record) and "splits" (per split, what loading left out), each with every item once in "details"."""
+    total = SkipReport()
+    reading = next((split.source_skipped for split in splits.values() if split.source_skipped is not None), None)
+    if reading is not None:
+        total.merge(reading)
+    for split in splits.values():
+        total.merge(split.skipped)
+    return {"total": total.total, "counts": dict(total.counts),
+            "reading": reading.to_dict(full=True) if reading is not None else None,
+            "splits": {name: split.skipped.to_dict(full=True) for name, split in splits.items()}}
 
 
 def load_dataset(config: DataConfig, model_config=None) -> dict[str, CaptionSplit]:

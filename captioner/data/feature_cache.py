@@ -1,15 +1,29 @@
-"""An on-disk cache of feature grids: sharded, memory-mapped, float16 or int8, resumable.
+"""An on-disk cache of feature grids: sharded, memory-mapped, float16 or int8, resumable, checksummed.
 
 Layout of a cache folder:
 
     manifest.json          encoder spec, weights hash, storage type, the shard plan, what was skipped,
-                           the image decoder used ("pil", "gpu", or "gpu+pil" for a run resumed with the other)
+                           the image decoder used ("pil", "gpu", or "gpu+pil" for a run resumed with the other),
+                           and "checksums": {"shard-00000.json": {"bytes": n, "sha256": hex}, ...}
     shard-00000.npy        (n, L, D) float16, or int8 with
     shard-00000.scale.npy  (n, D) float16 per-image, per-channel scales (int8 only): x = q * scale
-    shard-00000.json       the image ids of the rows, the images of this shard that were skipped, its decoder
+    shard-00000.json       the image ids of the rows, the images of this shard that were skipped, its decoder,
+                           "cache_key" (which encoder, weights, storage and image list it belongs to) and
+                           "files": {"shard-00000.npy": {"bytes": n, "sha256": hex}, ...}, the checksums of
+                           its arrays, computed over the bytes as they were written
 
 A shard is written to temporary files and renamed, its .json last, so a shard whose .json exists
-is complete; a re-run skips those. RAM stays bounded by one shard whatever the data set size.
+is complete; a re-run skips those after checking them in full (sizes, headers, checksums), and
+redoes a damaged one. RAM stays bounded by one shard whatever the data set size.
+
+Opening a cache (`FeatureCache`) checks every shard cheaply: the .json parses and matches the
+manifest's checksum, each .npy has a readable header with the expected dtype and shape and exactly
+the size that header implies. The arrays' checksums are checked in full when a split is preloaded
+(`FeatureCache.verify`), by `verify_cache` (`captioner extract --verify`), and for a shard whose
+rows turn out to be all zeros. Rows with NaN or infinite values are refused when read (`get`),
+naming the shard file and the row; extraction never stores such rows (they are skipped, counted).
+Caches written before checksums open with a warning (`UncheckedCacheWarning`).
+
 The manifest names the encoder (backbone, layer, resolution, preprocessing, weights hash), and
 `FeatureCache.check_encoder` refuses a model built on anything else. The decoder is a note only:
 PIL and GPU decoding give pixels within about a grey level of each other (captioner.data.gpu_decode),
@@ -21,10 +35,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +48,9 @@ import torch
 
 from captioner.data.gpu_decode import ReadImage, assemble_batch, read_for_decode_jpeg, read_with_pil
 from captioner.data.records import ImageRecord, SkipReport
-from captioner.files import atomic_write, write_json
+from captioner.errors import CaptionerError
+from captioner.files import atomic_write, json_text
+from captioner.outputs import writing
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,19 +58,176 @@ STORAGE_TYPES = ("float16", "int8")
 DECODERS = ("auto", "pil", "gpu")
 
 
-class CacheMismatchError(ValueError):
+CHECKSUM = "sha256"
+_CHUNK = 8 << 20
+# What to do about a damaged shard: extraction re-checks every shard and redoes the damaged ones.
+REPAIR = ("re-run the `captioner extract` command that made this cache (same config and arguments): it checks "
+          "every shard and redoes only the damaged ones")
+NON_FINITE_REASON = "non-finite features (NaN or inf from the backbone, or beyond float16's range)"
+
+
+class CacheMismatchError(CaptionerError, ValueError):
     """A feature cache was made with another encoder, weights or image list than asked for."""
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+class FeatureCacheError(CaptionerError, ValueError):
+    """A feature cache is damaged, incomplete or unreadable; the message names the file and the fix."""
+
+
+class UncheckedCacheWarning(UserWarning):
+    """A feature cache (or some of its shards) was written before shards carried checksums."""
+
+
+class _ShardDamage(Exception):
+    """One file of a shard is missing or not what extraction wrote."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+def _checksum_of(data: bytes) -> dict:
+    return {"bytes": len(data), CHECKSUM: hashlib.new(CHECKSUM, data).hexdigest()}
+
+
+def _checksum_file(path: Path) -> dict:
+    digest, size = hashlib.new(CHECKSUM), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, CHECKSUM: digest.hexdigest()}
+
+
+class _HashingWriter:
+    """A binary file that also hashes and counts what is written to it (np.save writes through it)."""
+
+    def __init__(self, handle):
+        self.handle, self.digest, self.size = handle, hashlib.new(CHECKSUM), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.size += len(view)
+        return self.handle.write(view)
+
+    def record(self) -> dict:
+        return {"bytes": self.size, CHECKSUM: self.digest.hexdigest()}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> dict:
+    """Write `array` to `path` atomically; its checksum record {"bytes", "sha256"}."""
+    written: list[dict] = []
+
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
-            np.save(handle, array)
-    atomic_write(path, write)
+            hashing = _HashingWriter(handle)
+            np.save(hashing, array)
+            written.append(hashing.record())
+    with writing(path):
+        atomic_write(path, write)
+    return written[-1]
 
 
-def _write_json(path: Path, data: dict) -> None:
-    write_json(path, data, indent=1)
+def _write_json(path: Path, data: dict) -> dict:
+    """Strict JSON written atomically; the checksum record of the bytes written."""
+    encoded = (json_text(data, path, indent=1) + "\n").encode()
+    with writing(path):
+        atomic_write(path, lambda temporary: temporary.write_bytes(encoded))
+    return _checksum_of(encoded)
+
+
+def _cache_key(manifest: dict) -> str:
+    """What a shard must have been made for: encoder, weights, storage, shard size and image list."""
+    keys = ("format_version", "encoder", "weights_hash", "storage", "shard_size", "plan_hash")
+    text = json.dumps({key: manifest.get(key) for key in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, size in bytes that the header implies) of a .npy file, from its header alone."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
+        offset = handle.tell()
+    return tuple(shape), dtype, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, written: dict | None) -> None:
+    """Cheap checks of one array file: there, a readable header, the expected dtype and shape, and
+    exactly the size the header implies (and that extraction recorded)."""
+    if not path.is_file():
+        raise _ShardDamage(path, "missing")
+    size = path.stat().st_size
+    try:
+        found_shape, found_dtype, needed = _npy_layout(path)
+    except (ValueError, OSError, EOFError, SyntaxError) as error:
+        raise _ShardDamage(path, f"not a readable .npy array ({size} bytes; header: {error})") from None
+    if found_dtype != dtype or found_shape != shape:
+        raise _ShardDamage(path, f"holds {found_dtype} {found_shape}, expected {np.dtype(dtype)} {shape}")
+    if size != needed:
+        raise _ShardDamage(path, f"{size} bytes, but its header needs {needed}: "
+                                 + ("truncated" if size < needed else "bytes added at the end"))
+    if written is not None and size != written.get("bytes"):
+        raise _ShardDamage(path, f"{size} bytes, extraction wrote {written.get('bytes')}")
+
+
+def _read_shard_record(folder: Path, name: str, checksums: dict | None) -> dict:
+    """The shard's .json, checked against the manifest's checksum of it when there is one."""
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        raise _ShardDamage(path, "missing")
+    data = path.read_bytes()
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _ShardDamage(path, f"not valid JSON ({len(data)} bytes, {error}); truncated?") from None
+    expected = (checksums or {}).get(path.name)
+    if expected is not None and _checksum_of(data) != {key: expected.get(key) for key in ("bytes", CHECKSUM)}:
+        raise _ShardDamage(path, "changed since extraction (its checksum does not match the manifest's)")
+    if not isinstance(record, dict) or not isinstance(record.get("image_ids"), list) \
+            or not all(isinstance(image_id, str) for image_id in record["image_ids"]):
+        raise _ShardDamage(path, 'has no "image_ids" list of strings')
+    return record
+
+
+def _check_shard(folder: Path, name: str, manifest: dict, checksums: dict | None) -> dict:
+    """Cheap checks of one shard (see FeatureCache); its record. _ShardDamage if anything is off."""
+    record = _read_shard_record(folder, name, checksums)
+    rows, files = len(record["image_ids"]), record.get("files") or {}
+    locations, channels = manifest["num_locations"], manifest["channels"]
+    int8 = manifest["storage"] == "int8"
+    _check_npy(folder / f"{name}.npy", (rows, locations, channels), np.dtype(np.int8 if int8 else np.float16),
+               files.get(f"{name}.npy"))
+    if int8:
+        _check_npy(folder / f"{name}.scale.npy", (rows, channels), np.dtype(np.float16),
+                   files.get(f"{name}.scale.npy"))
+    return record
+
+
+def _check_checksums(folder: Path, record: dict) -> int:
+    """Recompute the checksum of every array file the shard's record lists; _ShardDamage on a
+    mismatch. The bytes read."""
+    read = 0
+    for file_name, written in (record.get("files") or {}).items():
+        path = folder / file_name
+        if not path.is_file():
+            raise _ShardDamage(path, "missing")
+        found = _checksum_file(path)
+        read += found["bytes"]
+        if found[CHECKSUM] != written.get(CHECKSUM) or found["bytes"] != written.get("bytes"):
+            raise _ShardDamage(path, f"changed since extraction: its {CHECKSUM} does not match the one written "
+                                     "at extraction")
+    return read
+
+
+def _damage_message(folder: Path, damage: Sequence[_ShardDamage]) -> str:
+    first = damage[0]
+    others = f" (and {len(damage) - 1} other damaged shard file(s): " + \
+        ", ".join(str(d.path) for d in damage[1:6]) + (", ..." if len(damage) > 6 else "") + ")" \
+        if len(damage) > 1 else ""
+    return f"{first.path}: {first.problem}{others}; the feature cache {folder} is damaged: {REPAIR}"
 
 
 def _as_json(data: dict) -> dict:
@@ -94,6 +269,8 @@ class ExtractionReport:
     # for the device's one-time start-up (decoder library, kernel loading), the rest run at speed.
     first_batch_seconds: float = float("nan")
     first_batch_images: int = 0
+    # Shards of an earlier run found damaged (path -> what was wrong) and written again by this run.
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -160,8 +337,11 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
     `decoder` (see resolve_decoder) is how images are decoded; the manifest notes it, but it is no part
     of what a cache must match: PIL and GPU decoding give pixels within about a grey level. `bf16`
     (autocast, CUDA only) and `channels_last` (the backbone's and its inputs' memory layout) are for
-    speed on a GPU and change the features by rounding only. Resumable: shards already complete are skipped, after checking that the folder was made by the
-    same encoder, weights, storage type and image list (CacheMismatchError otherwise)."""
+    speed on a GPU and change the features by rounding only. Resumable: shards already complete are
+    skipped, after checking that the folder was made by the same encoder, weights, storage type and
+    image list (CacheMismatchError otherwise) and that each shard is intact (sizes, headers and
+    checksums); a damaged shard is written again and named in the report's `damaged`. Images whose
+    grid holds NaN or infinite values (after the float16 conversion) are skipped, counted."""
     if storage not in STORAGE_TYPES:
         raise ValueError(f"storage must be one of {STORAGE_TYPES}, got {storage!r}")
     if shard_size <= 0 or batch_size <= 0:
@@ -189,18 +369,24 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
         "shards": [f"shard-{i:05d}" for i in range((len(ordered) + shard_size - 1) // shard_size)],
     }
     manifest_path = out_dir / MANIFEST
-    if manifest_path.is_file():
-        existing = json.loads(manifest_path.read_text())
+    existing = _existing_manifest(manifest_path)
+    if existing is not None:
         for key in ("format_version", "encoder", "weights_hash", "storage", "shard_size", "plan_hash"):
             if existing.get(key) != manifest[key]:
                 raise CacheMismatchError(
                     f"{manifest_path}: this cache was made with {key}={existing.get(key)!r}, this run asks for "
                     f"{manifest[key]!r}; use another folder (or delete this one) to make a new cache")
-    _write_json(manifest_path, {**manifest, "complete": False})
+    key = _cache_key(manifest)
+    old_checksums = (existing or {}).get("checksums") or {}
+    problems = _shard_problems(out_dir, manifest, key, old_checksums, vouched=existing is not None, workers=workers)
+    todo = [index for index, name in enumerate(manifest["shards"]) if name in problems]
+    damaged = {str(problem.path): problem.problem for problem in problems.values() if problem is not None}
+    kept_checksums = {file_name: record for file_name, record in old_checksums.items()
+                      if file_name.endswith(".json") and file_name[:-len(".json")] not in problems}
+    _write_json(manifest_path, {**manifest, "complete": False, "checksums": kept_checksums})
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     backbone = backbone.to(device, memory_format=memory_format).eval()
-    todo = [index for index, name in enumerate(manifest["shards"]) if not (out_dir / f"{name}.json").is_file()]
     batches = []
     for index in todo:
         shard_records = ordered[index * shard_size:(index + 1) * shard_size]
@@ -224,11 +410,22 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
                 inputs = backbone.preprocess(pixels.to(device, non_blocking=True))
                 grid = backbone(inputs.contiguous(memory_format=memory_format))
             if storage == "int8":
-                q, scale = quantize_int8(grid.float().cpu().numpy())
-                grids.append(q)
-                scales.append(scale)
+                values = grid.float().cpu().numpy()
             else:
-                grids.append(grid.to(torch.float16).cpu().numpy())  # half the bytes to copy, no CPU conversion
+                values = grid.to(torch.float16).cpu().numpy()  # half the bytes to copy, no CPU conversion
+            finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+            if storage == "int8":
+                q, scale = quantize_int8(np.where(finite[:, None, None], values, 0.0))
+                finite &= np.isfinite(scale.astype(np.float32)).all(axis=1)
+            if not finite.all():  # never stored: a NaN row would give a NaN loss at training time
+                for image_id in (i for i, ok in zip(batch_ids, finite) if not ok):
+                    shard_skips.add(NON_FINITE_REASON, str(unique[image_id].path))
+                batch_ids = [i for i, ok in zip(batch_ids, finite) if ok]
+            if storage == "int8":
+                grids.append(q[finite])
+                scales.append(scale[finite])
+            else:
+                grids.append(values[finite])
             ids.extend(batch_ids)
             if first_batch is None:
                 first_batch = (time.perf_counter() - start, len(batch_ids))
@@ -236,59 +433,155 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
                 progress(written + len(ids), len(ordered))
         array = np.concatenate(grids) if grids else np.zeros((0, manifest["num_locations"], spec.channels),
                                                              np.int8 if storage == "int8" else np.float16)
-        _save_npy(out_dir / f"{name}.npy", array)
+        files = {f"{name}.npy": _save_npy(out_dir / f"{name}.npy", array)}
         if storage == "int8":
             scale_array = np.concatenate(scales) if scales else np.zeros((0, spec.channels), np.float16)
-            _save_npy(out_dir / f"{name}.scale.npy", scale_array)
-        _write_json(out_dir / f"{name}.json", {"image_ids": ids, "skipped": shard_skips.to_dict(), "decoder": decoder})
+            files[f"{name}.scale.npy"] = _save_npy(out_dir / f"{name}.scale.npy", scale_array)
+        _write_json(out_dir / f"{name}.json", {"image_ids": ids, "skipped": shard_skips.to_dict(full=True),
+                                               "decoder": decoder, "cache_key": key, "files": files})
         skipped.merge(shard_skips)
         written += len(ids)
     seconds = time.perf_counter() - start
 
-    # The manifest's skip count covers all shards, also those of earlier runs.
-    shards = [json.loads((out_dir / f"{name}.json").read_text()) for name in manifest["shards"]]
+    # The manifest's skip count covers all shards, also those of earlier runs; its checksums cover
+    # every shard's .json, whose own checksums cover the arrays.
+    checksums, shards = {}, []
+    for name in manifest["shards"]:
+        data = (out_dir / f"{name}.json").read_bytes()
+        checksums[f"{name}.json"] = _checksum_of(data)
+        shards.append(json.loads(data))
     total_skips = SkipReport()
     for shard in shards:
-        for reason, count in shard["skipped"]["counts"].items():
-            total_skips.counts[reason] += count
-            total_skips.examples.setdefault(reason, []).extend(shard["skipped"]["examples"].get(reason, []))
+        total_skips.merge(SkipReport.from_dict(shard["skipped"]))
     stored = sum(len(shard["image_ids"]) for shard in shards)
     # A note, not checked on resume or use: shards made before decoders were recorded were decoded by PIL.
     decoders = "+".join(sorted({shard.get("decoder", "pil") for shard in shards}))
-    _write_json(manifest_path, {**manifest, "complete": True, "images_stored": stored, "skipped": total_skips.to_dict(),
-                                "decoder": decoders})
+    _write_json(manifest_path, {**manifest, "complete": True, "images_stored": stored,
+                                "skipped": total_skips.to_dict(full=True), "decoder": decoders,
+                                "checksums": checksums})
     return ExtractionReport(len(ordered), written, skipped, len(todo), len(manifest["shards"]) - len(todo), seconds,
-                            decoder, *(first_batch or (float("nan"), 0)))
+                            decoder, *(first_batch or (float("nan"), 0)), damaged=damaged)
+
+
+def _existing_manifest(path: Path) -> dict | None:
+    """The manifest of an earlier run, or None when there is none or it is damaged (then it is
+    written again, and shards count as done only if their own records say they belong to this cache)."""
+    if not path.is_file():
+        return None
+    try:
+        existing = json.loads(path.read_bytes())
+        if isinstance(existing, dict):
+            return existing
+    except (ValueError, UnicodeDecodeError):
+        pass
+    warnings.warn(f"{path}: damaged (not a JSON object); writing it again; every shard is checked against its "
+                  "own record", stacklevel=3)
+    return None
+
+
+def _shard_problems(folder: Path, manifest: dict, key: str, checksums: dict, vouched: bool,
+                    workers: int) -> dict[str, _ShardDamage | None]:
+    """The shards of the plan that must be (re)written: name -> None (not written yet) or what is
+    wrong with the one there. Shards are checked in full (checksums), `workers` at a time."""
+    def problem(name: str) -> tuple[str, _ShardDamage | None, bool]:
+        if not (folder / f"{name}.json").is_file():
+            return name, None, False
+        try:
+            record = _check_shard(folder, name, manifest, checksums)
+            if record.get("cache_key", key if vouched else None) != key:
+                raise _ShardDamage(folder / f"{name}.json", "belongs to another cache (another encoder, weights, "
+                                   "storage or image list)" if record.get("cache_key") else
+                                   "carries no cache key and no manifest vouches for it")
+            if record.get("files"):
+                _check_checksums(folder, record)
+            else:  # an earlier version's shard: no checksums, but NaN rows at least are found
+                _scan_finite(folder / f"{name}.npy", folder / f"{name}.scale.npy", manifest["storage"])
+        except _ShardDamage as damage:
+            return name, damage, False
+        return name, None, True
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
+        checked = list(pool.map(problem, manifest["shards"]))
+    return {name: damage for name, damage, done in checked if not done}
 
 
 class FeatureCache:
-    """Read access to a finished cache: rows are memory-mapped, looked up by image id."""
+    """Read access to a finished cache: rows are memory-mapped, looked up by image id.
+
+    Opening checks every shard cheaply (its .json parses and matches the manifest's checksum; each
+    .npy is there, with a readable header of the expected dtype and shape, and exactly the size that
+    header implies): FeatureCacheError naming the file otherwise. `verify` checks the arrays'
+    checksums in full; `get` refuses rows with NaN or infinite values."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         path = self.folder / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no feature cache here; make one with `captioner extract`")
-        self.manifest = json.loads(path.read_text())
+        self.manifest = _read_manifest(path)
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {self.manifest.get('format_version')!r} is not {FORMAT_VERSION}")
+            raise FeatureCacheError(f"{path}: format_version {self.manifest.get('format_version')!r} is not "
+                                    f"{FORMAT_VERSION}")
         if not self.manifest.get("complete"):
-            raise ValueError(f"{path}: the cache is incomplete (extraction was interrupted); run the same "
-                             "`captioner extract` command again to finish it")
+            raise FeatureCacheError(f"{path}: the cache is incomplete (extraction was interrupted); run the same "
+                                    "`captioner extract` command again to finish it")
         self.storage = self.manifest["storage"]
+        self.checksums: dict | None = self.manifest.get("checksums")
         self._arrays: list[np.ndarray] = []
         self._scales: list[np.ndarray | None] = []
+        self._records: list[dict] = []
+        self._intact: dict[int, _ShardDamage | None] = {}  # shard -> result of its full check
+        self._zero_rows_warned: set[int] = set()
         self.index: dict[str, tuple[int, int]] = {}
         for shard, name in enumerate(self.manifest["shards"]):
-            ids = json.loads((self.folder / f"{name}.json").read_text())["image_ids"]
-            array = np.load(self.folder / f"{name}.npy", mmap_mode="r")
-            if array.shape[0] != len(ids):
-                raise ValueError(f"{self.folder / name}.npy: {array.shape[0]} rows but {len(ids)} image ids")
-            self._arrays.append(array)
+            try:
+                record = _check_shard(self.folder, name, self.manifest, self.checksums)
+            except _ShardDamage as damage:
+                raise FeatureCacheError(_damage_message(self.folder, [damage])) from None
+            self._records.append(record)
+            self._arrays.append(np.load(self.folder / f"{name}.npy", mmap_mode="r"))
             self._scales.append(np.load(self.folder / f"{name}.scale.npy", mmap_mode="r")
                                 if self.storage == "int8" else None)
-            for row, image_id in enumerate(ids):
+            for row, image_id in enumerate(record["image_ids"]):
                 self.index[image_id] = (shard, row)
+        # Shards written before checksums: opened, but damage that keeps sizes cannot be found.
+        self.unchecked = [name for name, record in zip(self.manifest["shards"], self._records)
+                          if not record.get("files")]
+        if self.checksums is None or self.unchecked:
+            which = "this feature cache was" if self.checksums is None or len(self.unchecked) == len(self._records) \
+                else f"{len(self.unchecked)} shard(s) of this feature cache ({', '.join(self.unchecked[:3])}"  \
+                     f"{', ...' if len(self.unchecked) > 3 else ''}) were"
+            warnings.warn(f"{self.folder}: {which} written before shards carried checksums: it opens, and truncation "
+                          "and NaN or infinite values are still found, but other damage inside a shard cannot be; "
+                          "`captioner extract --verify` checks what it can, and extracting again into a new folder "
+                          "adds checksums", UncheckedCacheWarning, stacklevel=2)
+
+    def _npy_path(self, shard: int) -> Path:
+        return self.folder / f"{self.manifest['shards'][shard]}.npy"
+
+    def shard_damage(self, shard: int) -> "_ShardDamage | None":
+        """The full check of shard `shard` (its arrays against the checksums written at extraction),
+        once per shard; None when intact or when the shard has no checksums."""
+        if shard not in self._intact:
+            try:
+                _check_checksums(self.folder, self._records[shard])
+                self._intact[shard] = None
+            except _ShardDamage as damage:
+                self._intact[shard] = damage
+        return self._intact[shard]
+
+    def verify(self, image_ids: Sequence[str] | None = None, workers: int = 4) -> None:
+        """Check the checksums of every shard holding one of `image_ids` (all shards when None), each
+        shard once per FeatureCache, `workers` at a time; FeatureCacheError naming the damaged files."""
+        shards = range(len(self._records)) if image_ids is None else \
+            sorted({self.index[image_id][0] for image_id in image_ids if image_id in self.index})
+        pending = [shard for shard in shards if shard not in self._intact and self._records[shard].get("files")]
+        if pending:
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending), os.cpu_count() or 1))) as pool:
+                list(pool.map(self.shard_damage, pending))
+        damage = [self._intact[shard] for shard in shards if self._intact.get(shard) is not None]
+        if damage:
+            raise FeatureCacheError(_damage_message(self.folder, damage))
 
     @property
     def encoder(self) -> dict:
@@ -321,16 +614,141 @@ class FeatureCache:
                 f"encoder has {weights_hash}; extract a cache with these weights")
 
     def get(self, image_ids: Sequence[str], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Feature grids (n, L, D) of `image_ids`, dequantised, as `dtype`."""
+        """Feature grids (n, L, D) of `image_ids`, dequantised, as `dtype`. FeatureCacheError naming the
+        shard file and row when a row holds NaN or infinite values, or is all zeros in a shard whose
+        checksum no longer matches."""
         out = np.empty((len(image_ids), self.num_locations, self.channels), np.float32)
         for i, image_id in enumerate(image_ids):
             shard, row = self.index[image_id]
             if self.storage == "int8":
-                out[i] = dequantize_int8(self._arrays[shard][row:row + 1], self._scales[shard][row:row + 1])[0]
+                with np.errstate(invalid="ignore", over="ignore"):
+                    out[i] = dequantize_int8(self._arrays[shard][row:row + 1], self._scales[shard][row:row + 1])[0]
             else:
                 out[i] = self._arrays[shard][row]
+        self._check_rows(out, image_ids)
         return torch.from_numpy(out).to(dtype)
 
+    def _check_rows(self, out: np.ndarray, image_ids: Sequence[str]) -> None:
+        flat = out.reshape(len(out), -1)
+        finite, nonzero = np.empty(len(out), bool), np.empty(len(out), bool)
+        for first in range(0, len(out), 256):
+            block = flat[first:first + 256]
+            finite[first:first + 256] = np.isfinite(block).all(axis=1)
+            nonzero[first:first + 256] = block.any(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            shard, row = self.index[image_ids[bad[0]]]
+            where = f"{self._npy_path(shard)}: row {row} (image {image_ids[bad[0]]})" + \
+                (f" and {len(bad) - 1} other row(s) read with it" if len(bad) > 1 else "")
+            damage = self.shard_damage(shard)
+            if damage is not None:
+                raise FeatureCacheError(f"{where} holds NaN or infinite values: {damage.path} {damage.problem}; "
+                                        f"the feature cache {self.folder} is damaged: {REPAIR}")
+            if self._records[shard].get("files"):
+                raise FeatureCacheError(f"{where} holds NaN or infinite values, yet the shard's checksum matches what "
+                                        "extraction wrote; extract the cache again into a new folder (extraction "
+                                        "now skips such images)")
+            raise FeatureCacheError(f"{where} holds NaN or infinite values; this shard has no checksums (written by "
+                                    "an earlier version), so damage cannot be told from what was written: extract "
+                                    "the cache again into a new folder")
+        if not nonzero.all():
+            # A real backbone's grid is never exactly zero everywhere; zeros written over a shard are.
+            for position in np.flatnonzero(~nonzero):
+                shard, row = self.index[image_ids[position]]
+                damage = self.shard_damage(shard)
+                if damage is not None:
+                    raise FeatureCacheError(f"{self._npy_path(shard)}: row {row} (image {image_ids[position]}) is all "
+                                            f"zeros: {damage.path} {damage.problem}; the feature cache {self.folder} "
+                                            f"is damaged: {REPAIR}")
+                if not self._records[shard].get("files") and shard not in self._zero_rows_warned:
+                    self._zero_rows_warned.add(shard)
+                    warnings.warn(f"{self._npy_path(shard)}: row {row} (image {image_ids[position]}) is all zeros, "
+                                  "which a damaged shard would give; this shard has no checksums to tell, "
+                                  "see `captioner extract --verify`", UncheckedCacheWarning, stacklevel=3)
 
-__all__ = ["CacheMismatchError", "ExtractionReport", "FeatureCache", "extract_features", "quantize_int8",
-           "dequantize_int8", "resolve_decoder", "DECODERS", "STORAGE_TYPES"]
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise FeatureCacheError(f"{path}: damaged, not valid JSON ({error}); {REPAIR}") from None
+    missing = [key for key in ("format_version", "storage", "shards", "num_locations", "channels", "encoder")
+               if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise FeatureCacheError(f"{path}: damaged, it lacks {', '.join(missing)}; {REPAIR}")
+    return manifest
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_cache` found: `damaged` maps a file to what is wrong with it."""
+
+    folder: Path
+    shards: int = 0
+    bytes_checked: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    damaged: dict[str, str] = field(default_factory=dict)
+    unchecked: list[str] = field(default_factory=list)  # shards without checksums (an earlier version's)
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.damaged
+
+
+def verify_cache(folder: str | Path, workers: int = 4) -> VerifyReport:
+    """Check every file of the cache in `folder` in full: the manifest, each shard's .json against the
+    manifest's checksum, each array's header, size and checksum. Shards written before checksums get
+    the cheap checks and a scan for NaN and infinite values instead, and are listed in `unchecked`."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no feature cache here; make one with `captioner extract`")
+    start = time.perf_counter()
+    report = VerifyReport(folder)
+    try:
+        manifest = _read_manifest(path)
+    except FeatureCacheError as error:
+        report.damaged[str(path)] = str(error).split(": ", 1)[1]
+        return report
+    report.complete = bool(manifest.get("complete"))
+    checksums = manifest.get("checksums")
+    report.shards = len(manifest["shards"])
+
+    def check(name: str) -> tuple[str, _ShardDamage | None, int, bool]:
+        try:
+            record = _check_shard(folder, name, manifest, checksums)
+            if record.get("files"):
+                return name, None, _check_checksums(folder, record), True
+            return name, None, _scan_finite(folder / f"{name}.npy", folder / f"{name}.scale.npy",
+                                            manifest["storage"]), False
+        except _ShardDamage as damage:
+            return name, damage, 0, True
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
+        for name, damage, read, has_checksums in pool.map(check, manifest["shards"]):
+            report.bytes_checked += read
+            if damage is not None:
+                report.damaged[str(damage.path)] = damage.problem
+            if not has_checksums or checksums is None:
+                report.unchecked.append(name)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _scan_finite(npy: Path, scale: Path, storage: str) -> int:
+    """For shards without checksums: _ShardDamage at the first row with NaN or infinite values.
+    The bytes read."""
+    target = scale if storage == "int8" else npy
+    array = np.load(target, mmap_mode="r")
+    flat = array.reshape(len(array), -1)
+    for first in range(0, len(flat), 64):
+        finite = np.isfinite(flat[first:first + 64].astype(np.float32)).all(axis=1)
+        if not finite.all():
+            raise _ShardDamage(target, f"row {first + int(np.flatnonzero(~finite)[0])} holds NaN or infinite values")
+    return target.stat().st_size
+
+
+__all__ = ["CacheMismatchError", "ExtractionReport", "FeatureCache", "FeatureCacheError", "UncheckedCacheWarning",
+           "VerifyReport", "extract_features", "quantize_int8", "dequantize_int8", "resolve_decoder", "verify_cache",
+           "DECODERS", "STORAGE_TYPES"]

@@ -25,13 +25,22 @@ class ImageRecord:
 
 @dataclass
 class SkipReport:
-    """What a reader or the feature extractor left out, counted by reason, with a few examples."""
+    """What a reader or the feature extractor left out, counted by reason.
+
+    Every skipped item is kept once in `details` (its file and entry, and why); `examples` holds the
+    first `max_examples` of each reason, which the one-line summary and the warning show. The same
+    (reason, detail) added twice (e.g. by merging a report into one that already holds it) is one item."""
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     max_examples: int = 5
+    details: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, reason: str, detail: str) -> None:
+        every = self.details.setdefault(reason, [])
+        if detail in every:
+            return
+        every.append(detail)
         self.counts[reason] += 1
         kept = self.examples.setdefault(reason, [])
         if len(kept) < self.max_examples:
@@ -39,9 +48,26 @@ class SkipReport:
 
     def merge(self, other: "SkipReport") -> None:
         for reason, count in other.counts.items():
-            self.counts[reason] += count
-            kept = self.examples.setdefault(reason, [])
-            kept.extend(other.examples.get(reason, [])[: max(0, self.max_examples - len(kept))])
+            listed = other.details.get(reason) or other.examples.get(reason, [])
+            for detail in listed:
+                self.add(reason, detail)
+            # counted without a detail to show (e.g. read back from a summary of examples only)
+            unnamed = count - len(listed)
+            if unnamed > 0:
+                self.counts[reason] += unnamed
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SkipReport":
+        """The report that `to_dict` wrote (with or without every detail)."""
+        report = cls()
+        details = data.get("details") or data.get("examples") or {}
+        for reason, count in data.get("counts", {}).items():
+            listed = list(details.get(reason, []))
+            for detail in listed:
+                report.add(reason, detail)
+            if count > len(report.details.get(reason, [])):
+                report.counts[reason] += count - len(report.details.get(reason, []))
+        return report
 
     @property
     def total(self) -> int:
@@ -52,8 +78,9 @@ class SkipReport:
             return "nothing skipped"
         parts = []
         for reason, count in sorted(self.counts.items()):
-            shown = "; ".join(self.examples.get(reason, []))
-            parts.append(f"{count} x {reason} (e.g. {shown})")
+            shown = self.examples.get(reason, [])
+            more = f"; and {count - len(shown)} more" if count > len(shown) else ""
+            parts.append(f"{count} x {reason} (e.g. {'; '.join(shown)}{more})")
         return f"skipped {self.total}: " + " | ".join(parts)
 
     def warn(self, source: str) -> None:
@@ -61,8 +88,12 @@ class SkipReport:
         if self.total:
             warnings.warn(f"{source}: {self.summary()}", stacklevel=2)
 
-    def to_dict(self) -> dict:
-        return {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
+    def to_dict(self, full: bool = False) -> dict:
+        """total, counts and examples; with `full`, also every item once under "details"."""
+        data = {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
+        if full:
+            data["details"] = self.details
+        return data
 
 
 @dataclass

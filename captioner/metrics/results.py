@@ -474,11 +474,14 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_report(report: Mapping, path: PathLike) -> Path:
-    """Write the report as strict JSON (NaN becomes null), creating the folder."""
+    """Write the report as strict JSON (NaN becomes null), creating the folder; atomically, so a full
+    disk leaves the earlier file (if any) whole."""
+    from captioner.files import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(report), indent=1, ensure_ascii=False, allow_nan=False) + "\n",
-                    encoding="utf-8")
+    data = (json.dumps(_json_safe(report), indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    atomic_write(path, lambda temporary: temporary.write_bytes(data))
     return path
 
 

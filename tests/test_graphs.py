@@ -1,0 +1,103 @@
+"""CUDA graphs of the training update (captioner/graphs.py).
+
+On the CPU: which configurations may be captured, and the properties a captured update relies on
+(values it keeps between updates change in place; the learning rate can live in a tensor). On a
+machine with a GPU: a replayed update equals the eager one (skipped here without CUDA; the GPU
+check with the Flickr8k shapes is benchmarks/check_graphs.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from captioner.config import EstimatorConfig, load_config
+from captioner.estimators import ReinforceBaseline
+from captioner.graphs import GraphedUpdates, graphable
+from captioner.step import make_optimizer, set_learning_rate, training_update
+from tests.test_fast_path import _text, _tiny
+
+
+def test_which_configurations_are_captured():
+    assert graphable(load_config(overrides=["train.device=cuda"])) == (True, "")
+    assert not graphable(load_config())[0]  # the CPU: never
+    for override, word in (("estimator.sleep_update=true", "sleep"),
+                           ("train.initial_state_dropout_decay=0.5", "initial_state_dropout"),):
+        ok, reason = graphable(load_config(overrides=["train.device=cuda", override]))
+        assert not ok and word in reason
+    ok, reason = graphable(load_config(overrides=["train.device=cuda", "estimator.name=var", "model.proposal=none",
+                                                  "estimator.expected_glimpse_probability=0.5"]))
+    assert not ok and "coin" in reason
+
+
+def test_the_reinforce_baseline_moves_in_place():
+    baseline = ReinforceBaseline()
+    baseline.update(torch.tensor([1.0, 3.0]), 0.9)
+    value = baseline.value
+    baseline.update(torch.tensor([4.0]), 0.5)
+    assert baseline.value is value and float(value) == pytest.approx(3.0)
+    baseline.update(torch.tensor([float("nan")]), 0.5)  # a non-finite batch leaves it as it was
+    assert float(baseline.value) == pytest.approx(3.0)
+
+
+def test_learning_rate_in_a_tensor_or_a_number():
+    group = {"lr": torch.tensor(0.1)}
+    tensor = group["lr"]
+    set_learning_rate(group, 0.25)
+    assert group["lr"] is tensor and float(tensor) == 0.25
+    group = {"lr": 0.1}
+    set_learning_rate(group, 0.25)
+    assert group["lr"] == 0.25
+    cpu = make_optimizer([{"params": [torch.nn.Parameter(torch.zeros(2))]}], 1e-3, 0.0, torch.device("cpu"),
+                         capturable=True)
+    assert not isinstance(cpu.param_groups[0]["lr"], torch.Tensor)  # capturable means nothing on the CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name,attention,proposal", [("wsram", "hard", "factorised"), ("var", "hard", "none"),
+                                                     ("soft", "soft", "none")])
+def test_a_replayed_update_equals_the_eager_one(name, attention, proposal):
+    device = torch.device("cuda")
+    model = _tiny(attention, proposal).float().to(device)
+    optimizer = make_optimizer([{"params": list(model.parameters())}], 1e-2, 0.0, device, capturable=True)
+    generator = torch.Generator().manual_seed(3)
+    text = _text([3, 2, 4, 4], generator).to(device)
+    rows = torch.tensor([0, 1, 1, 0], device=device)
+    images = [torch.randn(2, 3, 24, 24, generator=generator).to(device) for _ in range(3)]
+    estimator, baseline = EstimatorConfig(name=name, samples=3), ReinforceBaseline()
+    noise = torch.Generator(device=device)
+
+    def update(inputs, rows, text):
+        return training_update(model, optimizer, inputs, "images", rows, text, estimator, baseline, 5.0,
+                               bf16=False, generator=noise)
+
+    def seed(i):
+        torch.manual_seed(10 + i)
+        noise.manual_seed(20 + i)
+
+    seed(0)
+    update(images[0], rows, text)  # warm-up: optimiser state, VAR's baseline
+    graphed = GraphedUpdates(update, [noise], warmup=0)
+    for i in (1, 2):
+        state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+                 None if baseline.value is None else baseline.value.clone())
+        seed(i)
+        eager = {k: v.clone() for k, v in update(images[i], rows, text).items()}
+        after = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad():  # back in place: the graph reads these very tensors
+            for key, value in model.state_dict().items():
+                value.copy_(state[0][key])
+            for p, s in optimizer.state.items():
+                saved = state[1]["state"][list(optimizer.state).index(p)]
+                for key, value in s.items():
+                    value.copy_(saved[key])
+            if state[2] is not None:
+                baseline.value.copy_(state[2])
+        seed(i)
+        replayed = graphed(images[i], rows, text)
+        assert graphed.replays == i
+        for key in eager:
+            torch.testing.assert_close(replayed[key], eager[key], rtol=1e-5, atol=1e-6)
+        for p, q in zip(model.parameters(), after):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

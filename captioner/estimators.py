@@ -316,7 +316,7 @@ def var_loss(model, features, text: CaptionText, config: EstimatorConfig, baseli
         output = decoder.forward_stepwise(features, text.inputs, "expected")
         log_p_words = masked_sum(word_log_probs(output.word_logits, text.targets), text.mask)
         return EstimatorResult(-log_p_words.mean(), {"nll_words": -log_p_words.mean().detach(),
-                                                     "expected_glimpse": torch.ones(())})
+                                                     "expected_glimpse": torch.ones((), device=features.device)})
     output = decoder.forward_stepwise(features, text.inputs, "prior", generator=generator)
     log_p_words, log_p_locations, _, _, _ = score_sequences(output, text, None)
     entropy = masked_sum(step_entropy(output.attention_logits), text.mask)
@@ -329,7 +329,7 @@ def var_loss(model, features, text: CaptionText, config: EstimatorConfig, baseli
         "nll_words": -log_p_words.mean().detach(),
         "baseline": baseline.value.detach(),
         "prior_entropy": (entropy / text.lengths.clamp_min(1)).mean().detach(),
-        "expected_glimpse": torch.zeros(()),
+        "expected_glimpse": torch.zeros((), device=features.device),
     }
     baseline.update(reward, config.baseline_decay)
     return EstimatorResult(loss.mean(), diagnostics)

@@ -91,3 +91,23 @@ def test_sampled_attention_is_reproducible_with_a_generator():
     assert [r.tokens for r in runs[0]] == [r.tokens for r in runs[1]]
     with pytest.raises(ValueError, match="attention_mode"):
         beam_search(case.model, features, DecodeConfig(attention_mode="nearest"))
+
+
+def _repeats_a_trigram(tokens: list[int]) -> bool:
+    trigrams = list(zip(tokens, tokens[1:], tokens[2:]))
+    return len(trigrams) != len(set(trigrams))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_trigram_blocking_finds_the_best_caption_without_a_repeated_trigram(seed):
+    """Exact with a beam wider than every prefix: the best caption among those that never repeat a
+    trigram. (A finished hypothesis, which only appends <pad>, must not be blocked for repeating
+    <pad> <pad> <pad>: it then fell out of the beam and captions grew longer, issue 18's re-run.)"""
+    case = TinyCase(seed=seed, scale=3.0)
+    features = torch.randn(1, 4, 5, dtype=torch.float64) * 2
+    with torch.no_grad():
+        allowed = [s for s in _all_sequences(6) if not _repeats_a_trigram(s)]
+        best = max(allowed, key=lambda s: _sequence_log_prob(case, features, s))
+        result = beam_search(case.model, features, DecodeConfig(beam_size=800, max_length=6, block_trigrams=True))[0]
+    assert result.tokens == [t for t in best if t != 2]
+    assert result.log_prob == pytest.approx(_sequence_log_prob(case, features, best), abs=1e-9)

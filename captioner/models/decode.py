@@ -89,7 +89,9 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
         log_p[:, vocabulary.pad_id] = torch.where(finished, 0.0, float("-inf"))
         log_p[:, vocabulary.bos_id] = float("-inf")
         if block_trigrams and history["tokens"].shape[1] >= 3:
-            log_p = log_p.masked_fill(_repeated_trigram_words(history["tokens"], vocab_size), float("-inf"))
+            # a finished hypothesis only repeats <pad>: never blocked (it would drop out of the beam)
+            blocked = _repeated_trigram_words(history["tokens"], vocab_size) & ~finished.unsqueeze(1)
+            log_p = log_p.masked_fill(blocked, float("-inf"))
         candidates = (scores.view(n * w, 1) + log_p).view(n, w * vocab_size)
         scores, flat = candidates.topk(w, -1)
         parent = (flat // vocab_size) + torch.arange(n, device=device).unsqueeze(1) * w

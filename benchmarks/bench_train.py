@@ -262,7 +262,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     say = print if place.is_main else (lambda *a, **k: None)
-    generator = torch.Generator().manual_seed(1)
     results = []
     lines = []
     header = (f"{'shape':9} {'variant':15} {'samples/update':>14} {'ms/update':>10} {'caption-samples/s':>18} "

@@ -3,7 +3,6 @@ caption-conditioned network."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch

@@ -21,11 +21,8 @@ import torch
 import captioner
 from captioner.data.images import find_images
 from captioner.inference import caption_files
+from benchmarks.timing import sync
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -48,10 +45,10 @@ def main() -> None:
     results = []
     for batch_size in args.batch_sizes:
         list(caption_files(model, paths[:batch_size], decode, device, batch_size))  # warm-up
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         count = sum(1 for _ in caption_files(model, paths, decode, device, batch_size))
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
         row = {"batch_size": batch_size, "images": count, "seconds": seconds, "images_per_second": count / seconds}
         print(json.dumps(row), flush=True)

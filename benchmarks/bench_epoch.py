@@ -25,15 +25,11 @@ from pathlib import Path
 
 import torch
 
-
 from captioner import distributed
 from captioner.config import load_config
 from captioner.train import Trainer
+from benchmarks.timing import sync
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -54,7 +50,7 @@ def main() -> None:
     epochs = []
     for epoch in range(args.epochs):
         plan = trainer.sampler.plan(epoch, device)
-        _sync(device)
+        sync(device)
         trainer.distributed.barrier()
         start = time.perf_counter()
         captions = 0
@@ -62,7 +58,7 @@ def main() -> None:
             shard = plan.batch(index)
             trainer.train_shard(shard)
             captions += shard.total
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "seconds": seconds, "updates": len(plan), "captions": captions,
                   "caption_samples": captions * samples, "caption_samples_per_second": captions * samples / seconds}

@@ -36,13 +36,10 @@ from captioner.data.images import find_images
 from captioner.data.records import ImageRecord
 from captioner.models.backbones import build_backbone
 from captioner.models.encoder import backbone_name
+from benchmarks.timing import sync
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _device_name(device: torch.device) -> str:
@@ -64,11 +61,11 @@ def _backbone_ceiling(backbone, device: torch.device, batch_size: int, repeats: 
             backbone(backbone.preprocess(pixels).contiguous(memory_format=memory_format)).half()
 
     run()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         run()
-    _sync(device)
+    sync(device)
     return repeats * batch_size / (time.perf_counter() - start)
 
 
@@ -111,10 +108,10 @@ def main() -> None:
             settings = dict(batch_size=args.batch_size, device=device, workers=args.workers, decoder=decoder,
                             bf16=on_gpu, channels_last=on_gpu)
             extract_features(records[:args.batch_size], backbone, scratch / f"warm-{decoder}", **settings)
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             report = extract_features(records, backbone, scratch / decoder, shard_size=args.shard_size, **settings)
-            _sync(device)
+            sync(device)
             seconds = time.perf_counter() - start
             results.append({"decoder": report.decoder, "workers": args.workers, "images": report.images,
                             "written": report.written, "skipped": report.skipped.to_dict(), "seconds": seconds,

@@ -18,11 +18,8 @@ import torch
 
 from captioner.config import load_config
 from captioner.train import Trainer
+from benchmarks.timing import sync
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_config(path: str, overrides: list[str], updates: int, warmup: int, out_dir: Path) -> dict:
@@ -41,15 +38,15 @@ def time_config(path: str, overrides: list[str], updates: int, warmup: int, out_
 
     for i in range(warmup):
         step(i)
-    _sync(trainer.device)
+    sync(trainer.device)
     start = time.perf_counter()
     for i in range(updates):
         step(warmup + i)
-    _sync(trainer.device)
+    sync(trainer.device)
     per_update = (time.perf_counter() - start) / updates
     start = time.perf_counter()
     trainer.validate()
-    _sync(trainer.device)
+    sync(trainer.device)
     validation = time.perf_counter() - start
     batches = -(-len(train) // t.batch_size)
     return {

@@ -12,10 +12,10 @@ from PIL import Image
 from captioner.config import ExperimentConfig
 from captioner.data.datasets import skip_summary
 from captioner.evaluation import evaluate_split
-from captioner.files import atomic_write, atomic_write_text, json_text, write_json
+from captioner.files import atomic_write, atomic_write_text, finite_for_json, json_text, write_json
 from captioner.inference import caption_files
 from captioner.plots import plot_learning_curves
-from captioner.train import Trainer, crash_point, finite_for_json
+from captioner.train import Trainer, crash_point
 
 
 def format_scores(scores: dict) -> str:

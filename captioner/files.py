@@ -44,37 +44,36 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    import torch
-
-    atomic_write(path, lambda temporary: torch.save(obj, temporary))
-
-
 class NonFiniteValueError(ValueError):
     """A value that was about to be written is NaN or infinite; the message names where."""
 
 
-def _first_non_finite(value: Any, where: str) -> str | None:
+def finite_for_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`value` with every NaN or infinite float replaced by None, and the keys (dotted, with [i]
+    for list items) of the values replaced: for JSON that any reader accepts."""
     if isinstance(value, float) and not math.isfinite(value):
-        return where or "(the value itself)"
+        return None, [where or "(the value)"]
     if isinstance(value, dict):
+        out, replaced = {}, []
         for key, item in value.items():
-            found = _first_non_finite(item, f"{where}.{key}" if where else str(key))
-            if found:
-                return found
+            out[key], inner = finite_for_json(item, f"{where}.{key}" if where else str(key))
+            replaced += inner
+        return out, replaced
     if isinstance(value, (list, tuple)):
+        out, replaced = [], []
         for index, item in enumerate(value):
-            found = _first_non_finite(item, f"{where}[{index}]")
-            if found:
-                return found
-    return None
+            clean, inner = finite_for_json(item, f"{where}[{index}]")
+            out.append(clean)
+            replaced += inner
+        return out, replaced
+    return value, []
 
 
 def json_text(value: Any, path: str | Path = "", **dumps: Any) -> str:
     """json.dumps that refuses NaN and infinities with a message naming the file and the key."""
-    found = _first_non_finite(value, "")
+    _, found = finite_for_json(value)
     if found:
-        raise NonFiniteValueError(f"{path}: refusing to write a non-finite number at {found}")
+        raise NonFiniteValueError(f"{path}: refusing to write a non-finite number at {found[0]}")
     return json.dumps(value, allow_nan=False, **dumps)
 
 

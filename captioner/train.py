@@ -46,7 +46,7 @@ from captioner.models.captioner import CaptionModel
 from captioner.models.noise import BatchShare
 from captioner.models import fused
 from captioner.errors import CaptionerError
-from captioner.files import TEMPORARY_SUFFIX, atomic_write, atomic_write_text, json_text
+from captioner.files import TEMPORARY_SUFFIX, atomic_write, atomic_write_text, finite_for_json, json_text
 from captioner.graphs import GraphedUpdates, graphable
 from captioner.step import make_optimizer, set_learning_rate, training_update
 
@@ -163,27 +163,6 @@ def remove_temporary_files(folders: Iterable[Path]) -> list[Path]:
                     path.unlink()
                     removed.append(path)
     return removed
-
-
-def finite_for_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
-    """`value` with every NaN or infinite float replaced by None, and the keys (dotted, with [i]
-    for list items) of the values replaced: for JSON that any reader accepts."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, [where or "(the value)"]
-    if isinstance(value, dict):
-        out, replaced = {}, []
-        for key, item in value.items():
-            out[key], inner = finite_for_json(item, f"{where}.{key}" if where else str(key))
-            replaced += inner
-        return out, replaced
-    if isinstance(value, (list, tuple)):
-        out, replaced = [], []
-        for index, item in enumerate(value):
-            clean, inner = finite_for_json(item, f"{where}[{index}]")
-            out.append(clean)
-            replaced += inner
-        return out, replaced
-    return value, []
 
 
 def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:

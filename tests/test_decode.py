@@ -19,7 +19,7 @@ def _sequence_log_prob(case: TinyCase, features: torch.Tensor, tokens: list[int]
     inputs = torch.tensor([[1] + tokens[:-1]])
     targets = torch.tensor([tokens])
     output = case.model.decoder.forward_stepwise(features, inputs, "argmax")
-    return float(word_log_probs(output.word_logits, targets).sum())
+    return float(word_log_probs(output.word_logits, targets).sum().detach())
 
 
 def _all_sequences(max_length: int):

@@ -1,6 +1,8 @@
 """Training throughput: caption-samples per second of the full update, and its peak GPU memory.
 
     python -m benchmarks.bench_train --out eval/bench/h200 [--flickr8k ../shared/data/flickr8k]
+    python -m benchmarks.bench_train --out DIR --shapes flickr8k,coco \
+        --variants wsram-graphed,wsram-fast,wsram-stepwise,var-graphed,var,soft-graphed,soft
 
 A benchmark, not a test. For two shapes,
 - `flickr8k`: the model of eval/flickr8k/wsram.yaml (EfficientNet-Lite0 block15 grids, 7x7x320;
@@ -22,7 +24,12 @@ AdamW; `captioner.step.training_update`, the Trainer's own) on cached grids resi
 - `wsram-graphed`, `var-graphed`, `soft-graphed`: the same updates captured in CUDA graphs
   (captioner/graphs.py, the Trainer's default on CUDA; compiled kernels as wsram-fast), replayed.
 Each variant runs `--warmup` untimed updates (compilation included) then `--updates` timed ones
-between CUDA events. Writes results.json and table.txt under --out.
+between CUDA events. Writes results.json and table.txt under --out (after every shape, so that a run
+cut short keeps what it measured), both naming the card (torch.cuda.get_device_name, its memory) and
+the torch and CUDA versions. A variant that fails is recorded with its error (in both files) and the
+others still run; a graphed variant where graphs cannot run (the CPU, torchrun) is recorded as not
+available, with the reason, never timed as an eager update under the graphed name.
+`python -m benchmarks.speed_table` renders README's speed table from results.json.
 
 Started by torchrun (`torchrun --standalone --nproc-per-node 2 -m benchmarks.bench_train ...`), every
 process takes the update above as its share (weak scaling: the global batch is N times the one-GPU
@@ -34,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import sys
 import time
@@ -51,7 +57,8 @@ from captioner.config import load_config
 from captioner.data.batching import CaptionText
 from captioner.data.vocabulary import SPECIAL_TOKENS, Vocabulary
 from captioner.estimators import ReinforceBaseline
-from captioner.graphs import GraphedUpdates
+from captioner.files import write_json
+from captioner.graphs import GraphedUpdates, graphable
 from captioner.models import fused
 from captioner.models.captioner import CaptionModel
 from captioner.models.noise import BatchShare
@@ -59,6 +66,13 @@ from captioner.step import make_optimizer, training_update
 from captioner.train import TrainingObjective
 
 FLICKR8K_CONFIG = REPO / "eval" / "flickr8k" / "wsram.yaml"
+VARIANTS = ("wsram-graphed", "wsram-fast", "wsram-inductor", "wsram-eager", "wsram-stepwise",
+            "var-graphed", "var", "soft-graphed", "soft")
+
+
+class NotAvailable(RuntimeError):
+    """A variant that cannot run here (CUDA graphs without CUDA, or under torchrun): recorded with the
+    reason, not timed. The same on every process, so torchrun's processes skip it together."""
 
 
 @dataclasses.dataclass
@@ -117,7 +131,11 @@ def make_text(captions: int, max_words: int, vocabulary_size: int, pool: torch.T
 
 def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: distributed.Distributed) -> dict:
     estimator = variant.split("-")[0]
-    graphed = variant.endswith("-graphed") and device.type == "cuda" and not place.active  # graphs: one process
+    graphed = variant.endswith("-graphed")
+    if graphed and device.type != "cuda":
+        raise NotAvailable(f"{variant} needs CUDA: CUDA graphs need a CUDA device (this run is on {device.type})")
+    if graphed and place.active:
+        raise NotAvailable(f"{variant}: CUDA graphs are not used under torchrun (one process only)")
     compiled = (variant in ("wsram-fast", "wsram-inductor") or graphed) and device.type == "cuda"
     attention_kernel = "inductor" if variant == "wsram-inductor" else "triton"
     if args.samples_per_update:
@@ -131,6 +149,10 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
     if estimator == "var":
         overrides.append("model.proposal=none")
     config = load_config(str(FLICKR8K_CONFIG), overrides)
+    if graphed:
+        ok, reason = graphable(config)
+        if not ok:
+            raise NotAvailable(f"{variant}: {reason}")
     generator = torch.Generator().manual_seed(0)
     vocabulary = Vocabulary(list(SPECIAL_TOKENS) + [f"w{i}" for i in range(shape.vocabulary_size - 4)])
     torch.manual_seed(0)
@@ -226,18 +248,24 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
     }
 
 
+def card(device: torch.device) -> dict:
+    """The machine a number was measured on: the card's name and memory, torch, CUDA, Python."""
+    on_cuda = device.type == "cuda"
+    return {
+        "device": torch.cuda.get_device_name(device) if on_cuda else platform.processor() or "cpu",
+        "device_memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30 if on_cuda else None,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+    }
+
+
 def write_records(out: Path, results: list[dict], lines: list[str], place: distributed.Distributed,
                   device: torch.device) -> None:
     launcher = f"torchrun --nproc-per-node {place.world_size}" if distributed.launched_by_torchrun() else "python"
-    record = {
-        "command": " ".join([launcher] + sys.argv),
-        "processes": place.world_size,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "results": results,
-    }
-    (out / "results.json").write_text(json.dumps(record, indent=1))
-    (out / "table.txt").write_text("\n".join([f"# {record['command']}", f"# {record['device']}, torch "
+    record = {"command": " ".join([launcher, "-m", "benchmarks.bench_train"] + sys.argv[1:]),
+              "processes": place.world_size, **card(device), "results": results}
+    write_json(out / "results.json", record, indent=1)
+    memory = f" ({record['device_memory_gib']:.0f} GiB)" if record["device_memory_gib"] else ""
+    (out / "table.txt").write_text("\n".join([f"# {record['command']}", f"# {record['device']}{memory}, torch "
                                               f"{record['torch']}, CUDA {record['cuda']}"] + lines) + "\n")
 
 
@@ -257,6 +285,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler table per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
+    if unknown:
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
     place = distributed.setup(args.device)
     device = place.device(args.device)
     out = Path(args.out)
@@ -276,19 +310,30 @@ def main() -> None:
         for variant in args.variants.split(","):
             try:
                 result = run_variant(shape, variant, args, pool, device, place)
+            except NotAvailable as reason:  # the same on every process: recorded, not timed
+                say(f"{shape_name:9} {variant:15} not available: {reason}", flush=True)
+                shape_results.append({"shape": shape_name, "variant": variant, "estimator": variant.split("-")[0],
+                                      "available": False, "reason": str(reason)})
+                continue
             except Exception as error:  # one failing variant must not lose the others' numbers
                 if place.active:
                     raise
                 say(f"{shape_name:9} {variant:15} FAILED: {type(error).__name__}: {error}", flush=True)
-                results.append({"shape": shape_name, "variant": variant, "error": f"{type(error).__name__}: {error}"})
+                shape_results.append({"shape": shape_name, "variant": variant, "estimator": variant.split("-")[0],
+                                      "error": f"{type(error).__name__}: {error}"})
                 continue
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             result["caption_lengths"] = "real Flickr8k training captions" if pool is not None else f"all {shape.max_words} words"
             shape_results.append(result)
             if variant == "wsram-stepwise":
                 reference = result["caption_samples_per_second"]
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
         for result in shape_results:
+            if "seconds_per_update" not in result:
+                why = f"not available: {result['reason']}" if "reason" in result else f"FAILED: {result['error']}"
+                lines.append(f"{shape_name:9} {result['variant']:15} {why}")
+                continue
             result["ratio_to_stepwise_reference"] = (result["caption_samples_per_second"] / reference
                                                      if reference else None)
             ratio = f"{result['ratio_to_stepwise_reference']:.2f}x" if reference else "-"

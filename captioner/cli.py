@@ -56,8 +56,9 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, help="beam size (1 = greedy); default: the model's decoding.json")
     parser.add_argument("--max-length", type=int, help="longest caption in words")
     parser.add_argument("--length-penalty", type=float, help="rank finished beams by log p / length**penalty")
-    parser.add_argument("--attention-mode", choices=("argmax", "sample", "expected"),
-                        help="where the model looks at test time: argmax of pi_t, a sample, or the expected glimpse")
+    parser.add_argument("--attention-mode", choices=("argmax", "sample", "expected", "marginal"),
+                        help="where the model looks at test time: argmax of pi_t, a sample, the expected glimpse, "
+                             "or every location with the words scored by their probability summed over it")
     parser.add_argument("--block-trigrams", action=argparse.BooleanOptionalAction, default=None,
                         help="never repeat a word trigram within a caption (default: the model's decoding.json)")
 

@@ -62,6 +62,9 @@ class DataConfig:
     restval: Literal["train", "drop"] = "train"  # Karpathy's restval images: into train (the standard) or left out
     features: str = ""  # the feature cache (`captioner extract`) that training reads for pretrained encoders
     limit_images: int = 0  # 0: all; otherwise the first N images of each split (quick trials)
+    # karpathy only: false does not look for the image files, for a run that reads a ready feature
+    # cache (data.features, frozen encoder): the cache then decides which images are used.
+    check_image_files: bool = True
     # Cached grids of a split are loaded into memory (and onto the GPU) when they take at most this
     # many GiB as float16, else read from the memory-mapped shards batch by batch.
     preload_limit_gib: float = 8.0
@@ -246,7 +249,7 @@ class DecodeConfig:
     max_length: int = 24
     length_penalty: float = 0.0
     block_trigrams: bool = False  # never repeat a word trigram within a caption
-    attention_mode: Literal["argmax", "sample", "expected"] = "argmax"
+    attention_mode: Literal["argmax", "sample", "expected", "marginal"] = "argmax"
 
 
 @dataclass
@@ -479,6 +482,13 @@ def validate(config: ExperimentConfig) -> None:
     if pretrained_encoder and not m.encoder.fine_tune and not d.features:
         raise ConfigError("data.features: training a frozen pretrained encoder reads a feature cache; make one with "
                           "`captioner extract` and give its folder (or set model.encoder.fine_tune=true)")
+    if not d.check_image_files:
+        if d.dataset != "karpathy":
+            raise ConfigError(f"data.check_image_files: false is for the karpathy reader only, got data.dataset="
+                              f"{d.dataset!r}")
+        if m.encoder.fine_tune or not d.features:
+            raise ConfigError("data.check_image_files: false needs a feature cache to read (data.features) and a "
+                              "frozen encoder (model.encoder.fine_tune=false): otherwise training reads the image files")
     if m.encoder.name == "hf" and not m.encoder.hf_model:
         raise ConfigError("model.encoder.hf_model: name the Hugging Face vision backbone (hub name or local folder)")
     positive("model.encoder.image_size", m.encoder.image_size)

@@ -27,11 +27,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--attention-mode", default="argmax", choices=("argmax", "marginal"),
+                        help="marginal: the locations are each word's posterior mode given the word")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     model = captioner.load(args.model, args.device)
     paths = find_images(args.images)[: args.limit]
-    captions = model.caption(paths, beam_size=args.beam_size, attention_mode="argmax")
+    captions = model.caption(paths, beam_size=args.beam_size, attention_mode=args.attention_mode)
     distinct, modal_share, words = [], [], 0
     for caption in captions:
         if not caption.locations:
@@ -43,7 +45,7 @@ def main() -> None:
     report = {
         "model": str(args.model), "images": len(captions), "words": words, "grid_locations": model.num_locations,
         "decoding": dataclasses.asdict(dataclasses.replace(model.decoding, beam_size=args.beam_size,
-                                                           attention_mode="argmax")),
+                                                           attention_mode=args.attention_mode)),
         "mean_distinct_locations_per_caption": sum(distinct) / len(distinct),
         "captions_with_one_location": sum(d == 1 for d in distinct) / len(distinct),
         "mean_share_of_words_at_the_modal_location": sum(modal_share) / len(modal_share),

@@ -2,6 +2,12 @@
 
     python -m research.score_flickr8k_runs eval/flickr8k/runs/* --root ../shared/data/flickr8k
     python -m research.score_flickr8k_runs eval/efficiency/flickr8k/runs/* --summary SUMMARY.json
+    python -m research.score_flickr8k_runs RUNS/* --captions decodes/captions-b3-marginal.json --summary S.json
+
+--captions scores another captions file of each run (a `research.decoding_study --captions-dir`
+file) instead of test_captions.json; its BLEU/CIDEr are then checked against the decoding study's
+row of the same setting (decodes/study.json) when that file is there, and the scores are written
+beside the captions file (NAME.scores.json).
 
 A run is a `captioner train` folder (metrics.json) or an efficiency-study run (result.json); both
 hold test_captions.json.
@@ -30,11 +36,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--root", type=Path, default=Path("../shared/data/flickr8k"))
     parser.add_argument("--summary", type=Path, default=Path("eval/flickr8k/results.json"))
+    parser.add_argument("--captions", default="test_captions.json",
+                        help="captions file inside each run (default test_captions.json)")
     args = parser.parse_args()
     references = {r.image_id: list(r.captions) for r in read_flickr8k(args.root).splits["test"]}
     summary = {}
     for run in args.runs:
-        path = run / "test_captions.json"
+        path = run / args.captions
         if not path.is_file():
             continue
         captions = {c["image_id"]: c["caption"] for c in json.loads(path.read_text())}
@@ -49,10 +57,23 @@ def main() -> None:
                        "best_val_bleu_4": None, "train_seconds": study_result["gpu_seconds"],
                        "wall_seconds": None, "steps": study_result["steps"],
                        "epochs": study_result["config"]["train"]["epochs"]}
+        reference_scores, scores_path = metrics, run / "scores.json"
+        if args.captions != "test_captions.json":
+            scores_path = path.with_name(path.stem + ".scores.json")
+            reference_scores = {}
+            study = path.parent / "study.json"
+            if study.is_file():
+                name = path.stem.removeprefix("captions-")
+                for row in json.loads(study.read_text())["rows"]:
+                    row_name = f"b{row['beam_size']}-{row['attention_mode']}" + ("-lp" if row["length_penalty"] else "") + (
+                        "-tri" if row["block_trigrams"] else "")
+                    if row_name == name:
+                        reference_scores = row
         for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
-            if key in metrics and abs(metrics[key] - result.corpus[key]) > 1e-6:
-                raise SystemExit(f"{run}: {key} {metrics[key]} (device, Python tokenizer) != {result.corpus[key]} (Java)")
-        (run / "scores.json").write_text(json.dumps(result.to_dict(per_image=True), indent=1))
+            if key in reference_scores and abs(reference_scores[key] - result.corpus[key]) > 1e-6:
+                raise SystemExit(f"{run}: {key} {reference_scores[key]} (device, Python tokenizer) != "
+                                 f"{result.corpus[key]} (Java)")
+        scores_path.write_text(json.dumps(result.to_dict(per_image=True), indent=1))
         config = metrics["config"]
         summary[run.name] = {
             "dataset": metrics["dataset"], "split": metrics["split"], "estimator": metrics["estimator"],

@@ -142,7 +142,8 @@ def read_records(config: DataConfig) -> CaptionRecords:
     if config.dataset == "flickr8k":
         return sources.read_flickr8k(root)
     if config.dataset == "karpathy":
-        return sources.read_karpathy(Path(config.annotations), root, restval=config.restval)
+        return sources.read_karpathy(Path(config.annotations), root, restval=config.restval,
+                                     check_images=config.check_image_files)
     if config.dataset == "coco":
         year = config.coco_year
         return sources.read_coco(

@@ -24,6 +24,10 @@ rows turn out to be all zeros. Rows with NaN or infinite values are refused when
 naming the shard file and the row; extraction never stores such rows (they are skipped, counted).
 Caches written before checksums open with a warning (`UncheckedCacheWarning`).
 
+`extract_features` makes a cache from image files; `write_cache` stores grids computed elsewhere
+(e.g. the synthetic COCO-sized cache of benchmarks/coco_dry_run.py) in the same layout, with the same
+checksums and records, as a new cache.
+
 The manifest names the encoder (backbone, layer, resolution, preprocessing, weights hash), and
 `FeatureCache.check_encoder` refuses a model built on anything else. The decoder is a note only:
 PIL and GPU decoding give pixels within about a grey level of each other (captioner.data.gpu_decode),
@@ -38,7 +42,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +55,7 @@ from captioner.data.records import ImageRecord, SkipReport
 from captioner.errors import CaptionerError
 from captioner.files import atomic_write, json_text
 from captioner.outputs import writing
+
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -100,14 +105,18 @@ def _checksum_file(path: Path) -> dict:
 
 
 class _HashingWriter:
-    """A binary file that also hashes and counts what is written to it (np.save writes through it)."""
+    """A binary file that also hashes and counts what is written to it (np.save writes through it);
+    `hash_seconds` is the time spent hashing."""
 
     def __init__(self, handle):
         self.handle, self.digest, self.size = handle, hashlib.new(CHECKSUM), 0
+        self.hash_seconds = 0.0
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
+        start = time.perf_counter()
         self.digest.update(view)
+        self.hash_seconds += time.perf_counter() - start
         self.size += len(view)
         return self.handle.write(view)
 
@@ -115,8 +124,9 @@ class _HashingWriter:
         return {"bytes": self.size, CHECKSUM: self.digest.hexdigest()}
 
 
-def _save_npy(path: Path, array: np.ndarray) -> dict:
-    """Write `array` to `path` atomically; its checksum record {"bytes", "sha256"}."""
+def _save_npy(path: Path, array: np.ndarray, hash_seconds: list[float] | None = None) -> dict:
+    """Write `array` to `path` atomically; its checksum record {"bytes", "sha256"}. The seconds
+    spent hashing are appended to `hash_seconds` when given."""
     written: list[dict] = []
 
     def write(temporary: Path) -> None:
@@ -124,6 +134,8 @@ def _save_npy(path: Path, array: np.ndarray) -> dict:
             hashing = _HashingWriter(handle)
             np.save(hashing, array)
             written.append(hashing.record())
+            if hash_seconds is not None:
+                hash_seconds.append(hashing.hash_seconds)
     with writing(path):
         atomic_write(path, write)
     return written[-1]
@@ -463,6 +475,157 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
                             decoder, *(first_batch or (float("nan"), 0)), damaged=damaged)
 
 
+ShardArrays = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class CacheWriteReport:
+    """What `write_cache` wrote: rows and shards, bytes on disk (arrays, shard records and manifest),
+    wall seconds, and the seconds spent computing the sha256 checksums (summed over the threads
+    that wrote, so it can exceed the wall time)."""
+
+    folder: Path
+    images: int
+    shards: int
+    bytes: int
+    seconds: float
+    hash_seconds: float
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else float("nan")
+
+
+def write_cache(out_dir: str | Path, image_ids: Sequence[str], shards: Iterable[ShardArrays], spec,
+                weights_hash: str, storage: str = "float16", shard_size: int = 1024, workers: int = 4,
+                origin: str = "write_cache", progress: Callable[[int, int], None] | None = None) -> CacheWriteReport:
+    """Store grids computed elsewhere as a new feature cache in `out_dir`: the layout, manifest, shard
+    records and checksums of `extract_features`' caches, so that `FeatureCache` opens it with all its
+    checks and `check_encoder` accepts it for a model whose backbone has `spec` (a BackboneSpec) and
+    weights hash `weights_hash` (Backbone.weights_hash()).
+
+    image_ids: the ids of the rows, in order (distinct strings). shards: one item per shard of
+    `shard_size` rows (the last one holds the rest), in order: for storage "float16" a float16
+    (n, L, C) array, for "int8" the pair (int8 (n, L, C), float16 (n, C) scales) that quantize_int8
+    returns, with L = spec.grid ** 2 and C = spec.channels. Items are only read (they may be views of
+    one array). `workers` threads write shards at once (file writes and sha256 release the GIL), at
+    most `workers` items held at a time; every array is hashed as it is written, as extraction does.
+    The manifest's "origin" records `origin` (a note, as "decoder" is for extracted caches).
+
+    ValueError for bad arguments, and for a shard of the wrong dtype or shape or with NaN or infinite
+    values (naming the shard: no cache holds such rows); FeatureCacheError when `out_dir` already
+    holds a cache (this makes new caches only; extraction is the resumable writer)."""
+    if storage not in STORAGE_TYPES:
+        raise ValueError(f"write_cache: storage must be one of {STORAGE_TYPES}, got {storage!r}")
+    if not isinstance(shard_size, int) or shard_size <= 0:
+        raise ValueError(f"write_cache: shard_size must be a positive integer, got {shard_size!r}")
+    if not isinstance(workers, int) or workers <= 0:
+        raise ValueError(f"write_cache: workers must be a positive integer, got {workers!r}")
+    image_ids = list(image_ids)
+    if not image_ids:
+        raise ValueError("write_cache: no image ids given; a cache holds at least one row")
+    if not all(isinstance(image_id, str) for image_id in image_ids):
+        raise ValueError("write_cache: image ids must be strings")
+    if len(set(image_ids)) != len(image_ids):
+        raise ValueError(f"write_cache: {len(image_ids) - len(set(image_ids))} repeated image id(s); each row needs "
+                         "its own id")
+    if not isinstance(weights_hash, str) or not weights_hash:
+        raise ValueError(f"write_cache: weights_hash must be the backbone's weights hash (a string), got "
+                         f"{weights_hash!r}")
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.exists():
+        raise FeatureCacheError(f"{manifest_path}: a feature cache is already here; write_cache makes new caches "
+                                "only: use another folder, or delete this one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    locations, channels = spec.grid * spec.grid, spec.channels
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "encoder": _as_json(spec.to_dict()),
+        "weights_hash": weights_hash,
+        "storage": storage,
+        "num_locations": locations,
+        "channels": channels,
+        "shard_size": shard_size,
+        "images_planned": len(image_ids),
+        "plan_hash": _plan_hash(image_ids),
+        "shards": [f"shard-{i:05d}" for i in range((len(image_ids) + shard_size - 1) // shard_size)],
+    }
+    key = _cache_key(manifest)
+    _write_json(manifest_path, {**manifest, "complete": False, "checksums": {}})
+    nothing_skipped = SkipReport().to_dict(full=True)
+
+    def checked(index: int, item: ShardArrays) -> tuple[np.ndarray, np.ndarray | None]:
+        name, rows = manifest["shards"][index], len(image_ids[index * shard_size:(index + 1) * shard_size])
+        where = f"write_cache: shard {index} ({name}, rows {index * shard_size}-{index * shard_size + rows - 1})"
+        if storage == "int8":
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise ValueError(f"{where}: int8 storage takes (int8 grids, float16 scales) pairs, got "
+                                 f"{type(item).__name__}")
+            grids, scales = item
+        else:
+            grids, scales = item, None
+        wanted = [(grids, np.int8 if storage == "int8" else np.float16, (rows, locations, channels), "grids")]
+        if scales is not None:
+            wanted.append((scales, np.float16, (rows, channels), "scales"))
+        for array, dtype, shape, what in wanted:
+            if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != shape:
+                found = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+                raise ValueError(f"{where}: {what} must be {np.dtype(dtype)} {shape}, got {found}")
+        finite_source = scales if scales is not None else grids
+        for first in range(0, rows, 64):
+            block = finite_source[first:first + 64].reshape(min(64, rows - first), -1)
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                raise ValueError(f"{where}: row {index * shard_size + first + int(np.flatnonzero(~finite)[0])} holds "
+                                 "NaN or infinite values; a feature cache never stores such rows")
+        return grids, scales
+
+    def write_shard(index: int, grids: np.ndarray, scales: np.ndarray | None) -> tuple[int, int, float]:
+        name = manifest["shards"][index]
+        hashing: list[float] = []
+        files = {f"{name}.npy": _save_npy(out_dir / f"{name}.npy", grids, hashing)}
+        if scales is not None:
+            files[f"{name}.scale.npy"] = _save_npy(out_dir / f"{name}.scale.npy", scales, hashing)
+        ids = image_ids[index * shard_size:(index + 1) * shard_size]
+        record = _write_json(out_dir / f"{name}.json", {"image_ids": ids, "skipped": nothing_skipped,
+                                                       "decoder": "none", "cache_key": key, "files": files})
+        return len(ids), sum(file["bytes"] for file in files.values()) + record["bytes"], sum(hashing)
+
+    start = time.perf_counter()
+    written = size = 0
+    hash_seconds = 0.0
+    pending: list[Future] = []
+    count = 0
+
+    def collect(future: Future) -> None:
+        nonlocal written, size, hash_seconds
+        rows, nbytes, hashed = future.result()
+        written, size, hash_seconds = written + rows, size + nbytes, hash_seconds + hashed
+        if progress is not None:
+            progress(written, len(image_ids))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, item in enumerate(shards):
+            if index >= len(manifest["shards"]):
+                raise ValueError(f"write_cache: `shards` gave more than the {len(manifest['shards'])} shard(s) that "
+                                 f"{len(image_ids)} images in shards of {shard_size} make")
+            pending.append(pool.submit(write_shard, index, *checked(index, item)))
+            count += 1
+            while len(pending) >= workers:
+                collect(pending.pop(0))
+        while pending:
+            collect(pending.pop(0))
+    if count != len(manifest["shards"]):
+        raise ValueError(f"write_cache: `shards` gave {count} shard(s), {len(image_ids)} images in shards of "
+                         f"{shard_size} make {len(manifest['shards'])}; the cache in {out_dir} is left incomplete")
+    checksums = {f"{name}.json": _checksum_of((out_dir / f"{name}.json").read_bytes()) for name in manifest["shards"]}
+    final = _write_json(manifest_path, {**manifest, "complete": True, "images_stored": written,
+                                        "skipped": nothing_skipped, "decoder": "none", "origin": origin,
+                                        "checksums": checksums})
+    return CacheWriteReport(out_dir, written, count, size + final["bytes"], time.perf_counter() - start, hash_seconds)
+
+
 def _existing_manifest(path: Path) -> dict | None:
     """The manifest of an earlier run, or None when there is none or it is damaged (then it is
     written again, and shards count as done only if their own records say they belong to this cache)."""
@@ -749,6 +912,6 @@ def _scan_finite(npy: Path, scale: Path, storage: str) -> int:
     return target.stat().st_size
 
 
-__all__ = ["CacheMismatchError", "ExtractionReport", "FeatureCache", "FeatureCacheError", "UncheckedCacheWarning",
-           "VerifyReport", "extract_features", "quantize_int8", "dequantize_int8", "resolve_decoder", "verify_cache",
-           "DECODERS", "STORAGE_TYPES"]
+__all__ = ["CacheMismatchError", "CacheWriteReport", "ExtractionReport", "FeatureCache", "FeatureCacheError",
+           "UncheckedCacheWarning", "VerifyReport", "extract_features", "quantize_int8", "dequantize_int8",
+           "resolve_decoder", "verify_cache", "write_cache", "DECODERS", "STORAGE_TYPES"]

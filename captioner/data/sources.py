@@ -297,7 +297,8 @@ def _load_json(path: Path, what: str) -> Any:
         raise ValueError(f"{path}: not readable JSON ({error}); expected {what}") from error
 
 
-def read_karpathy(json_path: PathLike, image_root: PathLike, restval: str = "train") -> CaptionRecords:
+def read_karpathy(json_path: PathLike, image_root: PathLike, restval: str = "train",
+                  check_images: bool = True) -> CaptionRecords:
     """Karpathy's split files: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json.
 
     Each entry of "images" gives "filename", "split" (train, val, test or restval), "sentences"
@@ -305,11 +306,15 @@ def read_karpathy(json_path: PathLike, image_root: PathLike, restval: str = "tra
     image_root / filepath / filename (image_root / filename without filepath); image_id is the COCO
     id as a string, else the file stem. restval="train" adds restval images to train (the usual
     choice); restval="drop" leaves them out, which the source text says.
+
+    check_images=False does not look for the image files (image_root need not exist): for a run that
+    reads a ready feature cache, which then decides which images are used (data.check_image_files).
     """
     if restval not in ("train", "drop"):
         raise ValueError(f"read_karpathy: restval must be 'train' or 'drop', not {restval!r}")
     json_path = _require_file(Path(json_path), "one of Karpathy's split files, e.g. dataset_coco.json")
-    image_root = _require_dir(Path(image_root), "the folder the split file's image paths are relative to")
+    image_root = _require_dir(Path(image_root), "the folder the split file's image paths are relative to") \
+        if check_images else Path(image_root)
     data = _load_json(json_path, 'Karpathy\'s format {"dataset": ..., "images": [...]}')
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f'{json_path}: no "images" list; expected Karpathy\'s format {{"dataset": ..., "images": [...]}}')
@@ -323,7 +328,7 @@ def read_karpathy(json_path: PathLike, image_root: PathLike, restval: str = "tra
         if image == _DROPPED:
             dropped += 1
         elif image is not None:
-            collector.add(*image, where)
+            collector.add(*image, where, known_to_exist=not check_images)
     name = data.get("dataset", json_path.stem)
     note = f"; {dropped} restval images left out" if dropped else ""
     return collector.finish(f"karpathy-{name}:{json_path}{note}")

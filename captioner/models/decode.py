@@ -4,6 +4,16 @@ At each step every hypothesis picks its glimpse from the prior pi_t (argmax loca
 default, or a sample, or the expected glimpse; soft models use their soft glimpse), then the
 beam is extended over words. Every generated word comes with its location, that location's
 prior probability and the word's probability.
+
+attention_mode "marginal" does not pick a glimpse before the word: it scores every word by its
+probability under the hard-attention model with this step's location summed out,
+p(w | y_<t, l_<t) = sum_l pi_t(l) p(w | l, y_<t, l_<t) (all L locations are run through the LSTM
+step), extends the beam with those scores, and then carries on from the location that is most
+probable given the word it chose, argmax_l pi_t(l) p(w | l, ...). The score of a finished caption
+is then the exact log-probability of its words given the locations chosen before each word, where
+argmax and expected glimpses score the words under one location or the mean feature, neither of
+which is what the model was trained to predict from. It costs L LSTM steps per hypothesis and
+word; images are decoded in chunks that keep the (hypotheses, L, V) word table near 2^26 numbers.
 """
 
 from __future__ import annotations
@@ -30,6 +40,10 @@ class GeneratedCaption:
         return " ".join(self.words)
 
 
+ATTENTION_MODES = ("argmax", "sample", "expected", "marginal")
+MARGINAL_TABLE_NUMBERS = 1 << 26
+
+
 def _repeated_trigram_words(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """(M, t) histories -> (M, V) True where word w would make (y_{t-1}, y_t, w) a trigram already seen."""
     match = (tokens[:, :-2] == tokens[:, -2:-1]) & (tokens[:, 1:-1] == tokens[:, -1:])  # (M, t-2)
@@ -52,12 +66,19 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
     decode = decode or DecodeConfig()
     max_length, length_penalty, attention_mode = decode.max_length, decode.length_penalty, decode.attention_mode
     block_trigrams = decode.block_trigrams
-    if attention_mode not in ("argmax", "sample", "expected"):
-        raise ValueError(f"attention_mode: must be 'argmax', 'sample' or 'expected', got {attention_mode!r}")
+    if attention_mode not in ATTENTION_MODES:
+        raise ValueError(f"attention_mode: must be one of {', '.join(ATTENTION_MODES)}, got {attention_mode!r}")
     if decode.beam_size < 1 or max_length < 1:
         raise ValueError(f"beam_size and max_length must be >= 1, got {decode.beam_size} and {max_length}")
     decoder, vocabulary = model.decoder, model.vocabulary
     n, num_locations, _ = features.shape
+    marginal = attention_mode == "marginal" and not decoder.soft
+    if marginal:
+        per_image = decode.beam_size * num_locations * len(vocabulary)
+        chunk = max(1, MARGINAL_TABLE_NUMBERS // per_image)
+        if n > chunk:
+            return [caption for start in range(0, n, chunk)
+                    for caption in beam_search(model, features[start:start + chunk], decode, generator)]
     w = decode.beam_size
     device = features.device
     features_w = features.repeat_interleave(w, 0)  # (N*W, L, D)
@@ -75,15 +96,26 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
     vocab_size = len(vocabulary)
     for _ in range(max_length):
         logits = decoder.attention_logits(projected, state[0])
-        probs = log_softmax(logits).exp()
-        if decoder.soft or attention_mode == "expected":
+        log_pi = log_softmax(logits)
+        probs = log_pi.exp()
+        if marginal:
+            # every location at once: row (m, l) is hypothesis m looking at location l
+            m = n * w
+            repeat = (lambda x: x.repeat_interleave(num_locations, 0))
+            word_logits, all_states = decoder.advance(
+                repeat(tokens), features_w.reshape(m * num_locations, -1), (repeat(state[0]), repeat(state[1])))
+            joint = log_pi.to(score_dtype).unsqueeze(-1) + log_softmax(word_logits).to(score_dtype).view(
+                m, num_locations, -1)  # (M, L, V): log pi_t(l) + log p(w | l)
+            log_p = torch.logsumexp(joint, 1)
+        elif decoder.soft or attention_mode == "expected":
             location = probs.argmax(-1)
             glimpse = decoder.soft_glimpse(features_w, logits, state[0])
         else:
             location = probs.argmax(-1) if attention_mode == "argmax" else gumbel_argmax(logits, generator)
             glimpse = gather_locations(features_w, location.unsqueeze(1))[:, 0]
-        word_logits, new_state = decoder.advance(tokens, glimpse, state)
-        log_p = log_softmax(word_logits).to(score_dtype)
+        if not marginal:
+            word_logits, new_state = decoder.advance(tokens, glimpse, state)
+            log_p = log_softmax(word_logits).to(score_dtype)
         # A finished hypothesis only extends with <pad> at no cost, so it keeps its score.
         log_p = torch.where(finished.unsqueeze(1), torch.full_like(log_p, float("-inf")), log_p)
         log_p[:, vocabulary.pad_id] = torch.where(finished, 0.0, float("-inf"))
@@ -97,15 +129,22 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
         parent = (flat // vocab_size) + torch.arange(n, device=device).unsqueeze(1) * w
         parent = parent.view(-1)
         word = (flat % vocab_size).view(-1)
+        if marginal:
+            # carry on from the location most probable given the chosen word (its posterior mode)
+            chosen_location = joint[parent, :, word].argmax(-1)
+            pick = parent * num_locations + chosen_location
+            state = (all_states[0][pick], all_states[1][pick])
+        else:
+            chosen_location = location[parent]
+            state = (new_state[0][parent], new_state[1][parent])
         was_finished = finished[parent]
         history = {key: value[parent] for key, value in history.items()}
         history["tokens"] = torch.cat([history["tokens"], word.unsqueeze(1)], 1)
-        history["locations"] = torch.cat([history["locations"], location[parent].unsqueeze(1)], 1)
+        history["locations"] = torch.cat([history["locations"], chosen_location.unsqueeze(1)], 1)
         history["location_probs"] = torch.cat(
-            [history["location_probs"], probs[parent].gather(1, location[parent].unsqueeze(1))], 1)
+            [history["location_probs"], probs[parent].gather(1, chosen_location.unsqueeze(1)).to(score_dtype)], 1)
         history["word_probs"] = torch.cat(
             [history["word_probs"], log_p[parent].gather(1, word.unsqueeze(1)).exp()], 1)
-        state = (new_state[0][parent], new_state[1][parent])
         lengths = torch.where(was_finished, lengths[parent], lengths[parent] + 1)
         finished = was_finished | (word == vocabulary.eos_id)
         tokens = word

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from captioner import distributed
 from captioner.config import load_config
 from captioner.files import write_json
 from captioner.graphs import graphable
-from benchmarks.timing import sync
+from benchmarks.timing import card, sync
 
 REPO = Path(__file__).resolve().parents[1]
 # The settings each variant adds to the config and the --set overrides (after them: they win).
@@ -60,16 +59,6 @@ VARIANTS = {
     "eager": ["train.cuda_graphs=false"],
     "stepwise": ["train.cuda_graphs=false", "research.layout=stepwise", "train.compile=false"],
 }
-
-
-def card(device: torch.device) -> dict:
-    """The machine a number was measured on: the card's name and memory, torch, CUDA, Python."""
-    on_cuda = device.type == "cuda"
-    return {
-        "device": torch.cuda.get_device_name(device) if on_cuda else platform.processor() or "cpu",
-        "device_memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30 if on_cuda else None,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-    }
 
 
 def command_line(processes: int) -> str:

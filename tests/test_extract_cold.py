@@ -77,7 +77,7 @@ def test_extract_cold_benchmark_runs_fresh_processes_on_a_cpu(tmp_path, capsys):
     code = extract_cold.main(["--config", "eval/flickr8k/wsram.yaml", "--set", f"data.root={tmp_path / 'flickr'}",
                               "--set", "model.encoder.image_size=64", "--set", "model.encoder.pretrained=false",
                               "--out-dir", str(tmp_path / "runs"), "--json", str(out), "--device", "cpu",
-                              "--variants", "before,default",
+                              "--variants", "before,default", "--compare-to", "before",
                               "--repeats", "1", "--storage", "int8", "--workers", "2"])
     result = json.loads(out.read_text())
     runs = result["runs"]
@@ -97,6 +97,10 @@ def test_extract_cold_benchmark_runs_fresh_processes_on_a_cpu(tmp_path, capsys):
     assert not default["torchvision_imported"] and before["torchvision_imported"]
     assert before["options"]["prefetch"] == 1 and not before["options"]["background_write"]
     assert result["card"]["torch"] == torch.__version__
+    comparison = runs[0]["comparison"]  # default's features against before's: the same up to rounding
+    assert comparison["images"] == 7 and comparison["missing"] == 0 and comparison["beyond_tolerance"] == 0
+    assert comparison["max_relative_l2"] < 1e-2 and "comparison" not in runs[1]
+    assert runs[0]["non_finite_skips"] == 0
     assert "default" in capsys.readouterr().out
     assert not any((tmp_path / "runs").iterdir())  # each run's cache removed unless --keep
 

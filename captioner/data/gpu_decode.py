@@ -249,6 +249,17 @@ def decode_jpegs(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.
     """uint8 (3, H, W) RGB images on `device`, one per JPEG, in one decode_jpeg call; None if it
     failed (one bad file fails the whole call)."""
     decode = jpeg_decoder()
+    device = torch.device(device)
+    if device.type == "cuda":
+        # nvJPEG's hardware engine does not wait for work queued on the stream it is given: it can
+        # write its outputs into blocks that the caching allocator has just handed back (freed on
+        # this stream) while kernels queued earlier still read them. Measured in `captioner extract`
+        # on an H200 with batch 256 and no per-batch host sync: whole batches of other images came
+        # out NaN (in 3 of 9 cold extractions of 8,000 images: 256, 256 and 119 of them) and could
+        # as well come out wrong but finite. Draining the stream first is the barrier torchvision
+        # itself lacks (pytorch/vision PR 9606); it costs the overlap of one batch's decode with the
+        # previous batch's backbone. benchmarks/extract_cold.py --compare-to checks the caches.
+        torch.cuda.current_stream(device).synchronize()
     try:
         return decode(jpegs, device)
     except RuntimeError:

@@ -10,7 +10,7 @@ exit included) and reads the `phases` of its extraction.json (seconds since that
 imports, records, backbone, CUDA, first batch read / decoded / encoded, loop end, files written).
 The very first run of the job is the "fresh machine" one (cold page cache, CUDA and cuDNN never
 started since boot of this job): `--fresh-variant` (default "default") goes first; every later run is
-"warm". A variant that fails is recorded with its stderr tail and the rest still run. Writes one
+"warm". `--warm-machine` says the machine has done this work before, and no run is marked fresh. A variant that fails is recorded with its stderr tail and the rest still run. Writes one
 JSON with every run and the card of the machine, and prints a table. A run that skips an image for
 non-finite features fails (real photos give none). With `--compare-to VARIANT` every run's cache is kept
 until the end and its features are compared with that variant's first run, image by image (relative L2 difference; bf16 rounding gives about 1e-2, a corrupted image about
@@ -22,7 +22,8 @@ Variants (flags of `captioner extract`; env CAPTIONER_EXTRACT_IMPORT_TORCHVISION
                     nothing started early, no warm-up, host sync/quantise per batch, shards written inline
   default           the new defaults
   torchvision-import, no-early-read, no-early-cuda, no-warmup, no-device-quantize, no-async-copy,
-  no-background-write, prefetch1, batch64, batch512, workers8: default with one switch changed
+  no-background-write, prefetch1, batch64, batch256, batch512, workers8: default with one switch
+  changed (batch64 is the default batch on CUDA since the decode barrier; batch256 the one before)
   bf16-contiguous, fp16, fp16-contiguous, fp32, fp32-channels-last: the first-batch candidates
   pil: default with PIL decoding in the reader threads (--decode pil)
 """
@@ -54,6 +55,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "no-background-write": (["--no-background-write"], {}),
     "prefetch1": (["--prefetch", "1"], {}),
     "batch64": (["--batch-size", "64"], {}),
+    "batch256": (["--batch-size", "256"], {}),
     "batch512": (["--batch-size", "512"], {}),
     "workers8": (["--workers", "8"], {}),
     "bf16-contiguous": (["--precision", "bf16", "--no-channels-last"], {}),
@@ -74,7 +76,8 @@ def run_one(name: str, args: argparse.Namespace, out: Path, job_index: int, repe
     if args.workers is not None and "--workers" not in flags:
         command += ["--workers", str(args.workers)]
     command += flags
-    record = {"variant": name, "repeat": repeat, "job_index": job_index, "fresh_machine": job_index == 0,
+    record = {"variant": name, "repeat": repeat, "job_index": job_index,
+              "fresh_machine": job_index == 0 and not args.warm_machine,
               "command": command, "env": env, "flags": flags}
     begin = time.perf_counter()
     try:
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--fresh-variant", default="default", help="the variant run first (the fresh-machine run)")
+    parser.add_argument("--warm-machine", action="store_true",
+                        help="the machine has run this job's work before (page cache, CUDA): mark no run fresh")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--storage", choices=("float16", "int8"), default="float16")

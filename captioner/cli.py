@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--storage", choices=("float16", "int8"), default="float16",
                          help="float16, or int8 with a scale per image and channel (half the size)")
     extract.add_argument("--shard-size", type=int, default=1024, help="images per shard (bounds RAM)")
-    extract.add_argument("--batch-size", type=int, default=None, help="default 256 on a GPU, 64 on a CPU")
+    extract.add_argument("--batch-size", type=int, default=None, help="images per batch (default 64)")
     extract.add_argument("--workers", type=int, default=4,
                          help="image-reading threads (with --decode pil they also decode)")
     extract.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")

@@ -71,8 +71,10 @@ from captioner.models.encoder import backbone_name  # noqa: E402
 
 
 def default_batch_size(device: str) -> int:
-    """256 on a GPU (the network runs ~19,700 images/s there; 64 left it waiting), 64 on a CPU."""
-    return 256 if str(device).startswith("cuda") else 64
+    """64, on a GPU as on a CPU. Measured on an H200 (eval/bench/extract-cold/), once the JPEG decode
+    waits for the CUDA stream (captioner.data.gpu_decode): batch 64 ran 2,812-2,995 images/s over the
+    loop and 10.5-12.3 s for the whole process; batch 256 1,869-2,456 images/s and 11.3-15.4 s."""
+    return 64
 
 
 def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str = "float16", shard_size: int = 1024,
@@ -107,37 +109,43 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
                 start_error.append(error)
         starter = threading.Thread(target=start_cuda, name="cuda-start", daemon=True)
         starter.start()
-    encoder = config.model.encoder
-    records = read_records(config.data)
-    splits = split_records(records, config.data.limit_images)
-    everything = [record for items in splits.values() for record in items]
-    phases.mark("records_read")
-    name, layer = backbone_name(encoder), encoder.layer or None
-    built: list = []
+    try:
+        encoder = config.model.encoder
+        records = read_records(config.data)
+        splits = split_records(records, config.data.limit_images)
+        everything = [record for items in splits.values() for record in items]
+        phases.mark("records_read")
+        name, layer = backbone_name(encoder), encoder.layer or None
+        built: list = []
 
-    def build():
-        backbone = build_backbone(name, layer, encoder.image_size, pretrained=encoder.pretrained)
-        built.append(backbone)
+        def build():
+            backbone = build_backbone(name, layer, encoder.image_size, pretrained=encoder.pretrained)
+            built.append(backbone)
+            if starter is not None:
+                starter.join()
+            return backbone
+
+        if name.startswith("hf:"):  # the spec needs the model's config: build it first
+            spec, source = None, build()
+        else:
+            spec, source = backbone_spec(name, layer, encoder.image_size), build
+
+        last = [0.0]
+
+        def show(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if progress and (now - last[0] > 5 or done == total):
+                last[0] = now
+                print(f"  {done}/{total} images", file=sys.stderr)
+
+        report = extract_features(everything, source, out_dir, storage=storage, shard_size=shard_size,
+                                  batch_size=batch_size, device=device, workers=workers, decoder=decoder,
+                                  progress=show, options=options, spec=spec, mark=phases.mark)
+    except BaseException:
+        # a CUDA start-up thread still running when the interpreter exits can hang it: let it finish first
         if starter is not None:
-            starter.join()
-        return backbone
-
-    if name.startswith("hf:"):  # the spec needs the model's config: build it first
-        spec, source = None, build()
-    else:
-        spec, source = backbone_spec(name, layer, encoder.image_size), build
-
-    last = [0.0]
-
-    def show(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if progress and (now - last[0] > 5 or done == total):
-            last[0] = now
-            print(f"  {done}/{total} images", file=sys.stderr)
-
-    report = extract_features(everything, source, out_dir, storage=storage, shard_size=shard_size,
-                              batch_size=batch_size, device=device, workers=workers, decoder=decoder,
-                              progress=show, options=options, spec=spec, mark=phases.mark)
+            starter.join(timeout=120)
+        raise
     backbone = built[0]
     report.skipped.merge(records.skipped)
     whole = phases.now()

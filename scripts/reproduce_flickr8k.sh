@@ -28,7 +28,7 @@ mkdir -p "$CACHE" "$OUT/post"
 DATA=(--set "data.root=$ROOT" --set "data.features=$CACHE/block15")
 for extra in ${EXTRA_SETS:-}; do DATA+=(--set "$extra"); done
 
-captioner extract --config eval/flickr8k/wsram.yaml "${DATA[@]}" --device "$DEVICE" --batch-size 256 --workers 8
+captioner extract --config eval/flickr8k/wsram.yaml "${DATA[@]}" --device "$DEVICE" --workers 8
 
 runs=$(python -m research.efficiency_study eval/efficiency/flickr8k-main.yaml --out "$OUT" --list)
 echo "$runs" | xargs -P "$RUNS_AT_ONCE" -I {} python -m research.efficiency_study eval/efficiency/flickr8k-main.yaml \

@@ -105,6 +105,15 @@ def test_efficientnet_weights_package_missing_says_what_to_install(monkeypatch):
         build_backbone("efficientnet-lite1")
 
 
+
+def test_efficientnet_network_package_missing_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # import now fails
+    with pytest.raises(RuntimeError, match=r"efficientnet-lite0: .*pip install efficientnet-lite-pytorch"):
+        build_backbone("efficientnet-lite0", pretrained=False)
+
+
 # ---- shapes --------------------------------------------------------------------------------------
 
 

@@ -115,3 +115,46 @@ def test_extract_cold_records_a_failing_variant_and_goes_on(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert code == 1 and [r["variant"] for r in runs] == ["default", "no-warmup"]
     assert not any(r["ok"] for r in runs) and all(r["stderr_tail"] for r in runs)
+
+
+def test_a_failing_extraction_waits_for_the_cuda_start_up_thread(tmp_path, monkeypatch):
+    """A start-up thread still inside CUDA's initialisation when the interpreter exits hung the
+    process (seen on an H200 when the backbone's package was missing): on an error, run_extraction
+    lets the thread finish before the error propagates."""
+    import threading
+    import time
+
+    from captioner import extract
+    from captioner.config import load_config
+
+    _tiny_flickr(tmp_path / "flickr")
+    config = load_config("eval/flickr8k/wsram.yaml", [f"data.root={tmp_path / 'flickr'}"])
+    finished = threading.Event()
+
+    def slow_warm_up(*args, **kwargs):
+        time.sleep(0.5)
+        finished.set()
+
+    def missing(*args, **kwargs):
+        raise RuntimeError("efficientnet-lite0: not installed")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(extract, "warm_up_device", slow_warm_up)
+    monkeypatch.setattr(extract, "resolve_decoder", lambda decoder, device: "pil")
+    monkeypatch.setattr(extract, "build_backbone", missing)
+    with pytest.raises(RuntimeError, match="not installed"):
+        extract.run_extraction(config, tmp_path / "cache", device="cuda", progress=False)
+    assert finished.is_set()
+
+
+def test_extract_cold_can_mark_no_run_fresh(tmp_path):
+    from benchmarks import extract_cold
+
+    _tiny_flickr(tmp_path / "flickr")
+    out = tmp_path / "result.json"
+    code = extract_cold.main(["--config", "eval/flickr8k/wsram.yaml", "--set", f"data.root={tmp_path / 'flickr'}",
+                              "--set", "model.encoder.image_size=64", "--set", "model.encoder.pretrained=false",
+                              "--out-dir", str(tmp_path / "runs"), "--json", str(out), "--device", "cpu",
+                              "--variants", "default", "--warm-machine", "--storage", "int8", "--workers", "2"])
+    runs = json.loads(out.read_text())["runs"]
+    assert code == 0 and [(r["variant"], r["fresh_machine"]) for r in runs] == [("default", False)]

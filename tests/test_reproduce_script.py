@@ -45,3 +45,39 @@ def test_the_reproduction_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_
     assert (out / "bound_vs_updates.png").stat().st_size > 5000
     if shutil.which("java"):
         assert (out / "test_scores_java.json").is_file()
+
+
+def test_the_attention_script_refuses_bad_arguments(tmp_path):
+    script = str(ROOT / "scripts" / "reproduce_flickr8k_attention.sh")
+    result = subprocess.run(["bash", script, str(tmp_path), str(tmp_path / "c"), str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "not a Flickr8k release folder" in result.stderr
+    usage = subprocess.run(["bash", script], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: bash scripts/reproduce_flickr8k_attention.sh" in usage.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_root, tmp_path):
+    env = {**os.environ, "DEVICE": "cpu", "RUNS_AT_ONCE": "2", "SPREAD_IMAGES": "4", "ARMS": "soft k40",
+           "SEEDS": "0", "EXTRA_SETS": TINY + " train.log_every=1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k_attention.sh"), str(flickr8k_root),
+                             str(tmp_path / "cache"), str(out)], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((out / "table.json").read_text())
+    assert sorted(table) == ["k40", "soft"]
+    k40 = table["k40"]["runs"][0]
+    assert k40["attention_mode"] == "marginal" and k40["spread"]["marginal"]["images"] == 4
+    assert "log_q_minus_log_prior" in k40
+    config = (out / "runs" / "k40-s0" / "config.yaml").read_text()
+    assert "samples: 40" in config and "efficientnet-lite2" in config
+    for split in ("val", "test"):
+        rows = json.loads((out / "runs" / "k40-s0" / f"decodes-{split}" / "study.json").read_text())["rows"]
+        assert [r["attention_mode"] for r in rows] == ["argmax", "expected", "marginal"]
+    assert len(list((out / "runs" / "k40-s0" / "pictures" / "marginal").glob("*.png"))) == 4
+    assert "| k40 | 0 |" in (out / "table.md").read_text()
+    if shutil.which("java"):
+        assert (out / "test_scores_java.json").is_file()

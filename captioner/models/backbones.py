@@ -339,7 +339,13 @@ class EfficientNetLite0Backbone(Backbone):
 
     def __init__(self, spec: BackboneSpec, pretrained: bool = True):
         super().__init__(spec)
-        from efficientnet_lite_pytorch import EfficientNet
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise RuntimeError(
+                f"{spec.name}: the network comes from the PyPI package efficientnet-lite-pytorch, which is not "
+                f"installed; pip install efficientnet-lite-pytorch (pip install -e . installs it)"
+            ) from None
 
         # Static "SAME" padding is computed for this input size.
         self.net = EfficientNet.from_name(spec.name, image_size=spec.image_size)

@@ -10,7 +10,8 @@ exit included) and reads the `phases` of its extraction.json (seconds since that
 imports, records, backbone, CUDA, first batch read / decoded / encoded, loop end, files written).
 The very first run of the job is the "fresh machine" one (cold page cache, CUDA and cuDNN never
 started since boot of this job): `--fresh-variant` (default "default") goes first; every later run is
-"warm". `--warm-machine` says the machine has done this work before, and no run is marked fresh. A variant that fails is recorded with its stderr tail and the rest still run. Writes one
+"warm". `--warm-machine` says the machine has done this work before, and no run is marked fresh.
+A variant that fails is recorded with its stderr tail and the rest still run. Writes one
 JSON with every run and the card of the machine, and prints a table. A run that skips an image for
 non-finite features fails (real photos give none). With `--compare-to VARIANT` every run's cache is kept
 until the end and its features are compared with that variant's first run, image by image (relative L2 difference; bf16 rounding gives about 1e-2, a corrupted image about

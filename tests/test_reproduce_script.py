@@ -17,24 +17,35 @@ TINY = ("data.limit_images=24 train.epochs=1 train.batch_size=8 model.hidden_dim
         "model.attention_dim=16 model.encoder.feature_dim=16 model.proposal_hidden_dim=8")
 
 
-def test_the_script_refuses_a_folder_that_is_not_flickr8k(tmp_path):
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k.sh"), str(tmp_path), str(tmp_path / "c"),
-                             str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+def _refuses_bad_arguments(script: str, tmp_path: Path) -> None:
+    path = str(ROOT / "scripts" / script)
+    result = subprocess.run(["bash", path, str(tmp_path), str(tmp_path / "c"), str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "not a Flickr8k release folder" in result.stderr
-    usage = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k.sh")], capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage: bash scripts/reproduce_flickr8k.sh" in usage.stdout
+    usage = subprocess.run(["bash", path], capture_output=True, text=True)
+    assert usage.returncode == 2 and f"usage: bash scripts/{script}" in usage.stdout
+
+
+def _run_tiny(script: str, flickr8k_root: Path, tmp_path: Path, **settings: str) -> Path:
+    """Runs scripts/SCRIPT on the CPU with the tiny settings (and `settings` as environment); returns OUT."""
+    env = {**os.environ, "DEVICE": "cpu", "RUNS_AT_ONCE": "2", "SPREAD_IMAGES": "4", "EXTRA_SETS": TINY,
+           "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           **settings}
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(ROOT / "scripts" / script), str(flickr8k_root), str(tmp_path / "cache"),
+                             str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_the_script_refuses_a_folder_that_is_not_flickr8k(tmp_path):
+    _refuses_bad_arguments("reproduce_flickr8k.sh", tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_the_reproduction_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_root, tmp_path):
-    env = {**os.environ, "DEVICE": "cpu", "RUNS_AT_ONCE": "2", "SPREAD_IMAGES": "4", "EXTRA_SETS": TINY,
-           "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    out = tmp_path / "out"
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k.sh"), str(flickr8k_root),
-                             str(tmp_path / "cache"), str(out)], capture_output=True, text=True, cwd=ROOT, env=env,
-                            timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = _run_tiny("reproduce_flickr8k.sh", flickr8k_root, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["arms"]) == ["soft", "var", "wsram"] and all(a["finished"] == 3 for a in summary["arms"].values())
     assert summary["timing_alone_seconds_per_update"].keys() == {"wsram", "var", "soft"}
@@ -48,25 +59,14 @@ def test_the_reproduction_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_
 
 
 def test_the_attention_script_refuses_bad_arguments(tmp_path):
-    script = str(ROOT / "scripts" / "reproduce_flickr8k_attention.sh")
-    result = subprocess.run(["bash", script, str(tmp_path), str(tmp_path / "c"), str(tmp_path / "o")],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and "not a Flickr8k release folder" in result.stderr
-    usage = subprocess.run(["bash", script], capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage: bash scripts/reproduce_flickr8k_attention.sh" in usage.stdout
+    _refuses_bad_arguments("reproduce_flickr8k_attention.sh", tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_root, tmp_path):
-    env = {**os.environ, "DEVICE": "cpu", "RUNS_AT_ONCE": "2", "SPREAD_IMAGES": "4", "ARMS": "soft k40",
-           "SEEDS": "0", "EXTRA_SETS": TINY + " train.log_every=1", "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    out = tmp_path / "out"
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k_attention.sh"), str(flickr8k_root),
-                             str(tmp_path / "cache"), str(out)], capture_output=True, text=True, cwd=ROOT, env=env,
-                            timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = _run_tiny("reproduce_flickr8k_attention.sh", flickr8k_root, tmp_path, ARMS="soft k40", SEEDS="0",
+                    EXTRA_SETS=TINY + " train.log_every=1")
     table = json.loads((out / "table.json").read_text())
     assert sorted(table) == ["k40", "soft"]
     k40 = table["k40"]["runs"][0]

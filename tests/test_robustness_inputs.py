@@ -530,3 +530,35 @@ def test_caption_command_reports_what_is_not_an_image(tmp_path, capsys):
     assert f"skipped: {folder / 'x.jpg'}: a folder" in err and f"skipped: {folder / 'loop.jpg'}: a symlink loop" in err
     assert "not image files (folder named like an image, symlink loop)" in err
     assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 1
+
+
+def test_npy_headers_are_parsed_one_thread_at_a_time(cache, monkeypatch):
+    """numpy parses .npy headers with ast.literal_eval, which CPython 3.11 cannot run in two
+    threads at once (python/cpython#106905: a spurious SystemError that CI met in verify_cache).
+    The shard checks run in threads; no two of them may be inside a header parse together."""
+    import ast
+    import threading
+    import time
+
+    _, out, _ = cache
+    parse, inside, most, lock = ast.literal_eval, [0], [0], threading.Lock()
+
+    def slow_parse(text):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)  # wide enough that unserialized threads overlap every time
+        try:
+            return parse(text)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ast, "literal_eval", slow_parse)
+    assert verify_cache(out, workers=3).ok  # the checksum path (cheap header checks)
+    _strip_checksums(out)
+    report = verify_cache(out, workers=3)  # the NaN scan path (np.load of each shard)
+    assert report.ok and len(report.unchecked) == 3
+    with pytest.warns(UncheckedCacheWarning):
+        FeatureCache(out)
+    assert most[0] == 1

@@ -40,6 +40,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -158,12 +159,27 @@ def _cache_key(manifest: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# numpy parses a .npy header with ast.literal_eval, and CPython 3.11's AST constructor keeps its
+# recursion depth per interpreter, not per thread: headers parsed in several threads at once can
+# fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). The
+# shard checks run in threads, so every header is parsed under this lock; reading and hashing the
+# arrays, the costly part, stays parallel.
+_NPY_HEADERS = threading.Lock()
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """np.load(path, mmap_mode="r"), safe to call from several threads at once."""
+    with _NPY_HEADERS:
+        return np.load(path, mmap_mode="r")
+
+
 def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, size in bytes that the header implies) of a .npy file, from its header alone."""
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(handle)
+        with _NPY_HEADERS:
+            shape, _, dtype = read(handle)
         offset = handle.tell()
     return tuple(shape), dtype, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
@@ -996,8 +1012,8 @@ class FeatureCache:
             except _ShardDamage as damage:
                 raise FeatureCacheError(_damage_message(self.folder, [damage])) from None
             self._records.append(record)
-            self._arrays.append(np.load(self.folder / f"{name}.npy", mmap_mode="r"))
-            self._scales.append(np.load(self.folder / f"{name}.scale.npy", mmap_mode="r")
+            self._arrays.append(_load_npy(self.folder / f"{name}.npy"))
+            self._scales.append(_load_npy(self.folder / f"{name}.scale.npy")
                                 if self.storage == "int8" else None)
             for row, image_id in enumerate(record["image_ids"]):
                 self.index[image_id] = (shard, row)
@@ -1197,7 +1213,7 @@ def _scan_finite(npy: Path, scale: Path, storage: str) -> int:
     """For shards without checksums: _ShardDamage at the first row with NaN or infinite values.
     The bytes read."""
     target = scale if storage == "int8" else npy
-    array = np.load(target, mmap_mode="r")
+    array = _load_npy(target)
     flat = array.reshape(len(array), -1)
     for first in range(0, len(flat), 64):
         finite = np.isfinite(flat[first:first + 64].astype(np.float32)).all(axis=1)

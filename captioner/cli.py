@@ -99,12 +99,13 @@ def command_extract(args: argparse.Namespace) -> int:
     from captioner.extract import default_batch_size, run_extraction
 
     overrides = list(args.overrides)
+    key = "mirrored_features" if args.mirror else "features"  # --mirror: the cache of mirrored images
     if args.out:
-        overrides.append(f"data.features={args.out}")
+        overrides.append(f"data.{key}={args.out}")
     config = load_config(args.config, overrides)
-    out = config.data.features
+    out = getattr(config.data, key)
     if not out:
-        raise ConfigError("data.features: name the cache folder to " + ("check" if args.verify else "write") +
+        raise ConfigError(f"data.{key}: name the cache folder to " + ("check" if args.verify else "write") +
                           " (or pass --out)")
     if args.verify:
         return _verify_cache(out, args.workers)
@@ -116,11 +117,11 @@ def command_extract(args: argparse.Namespace) -> int:
                                 early_read=args.early_read, warmup=args.warmup, device_quantize=args.device_quantize,
                                 async_copy=args.async_copy, background_write=args.background_write)
     print(f"captioner extract: {config.model.encoder.name} {config.model.encoder.layer or '(default layer)'} at "
-          f"{config.model.encoder.image_size} px on {device}, {args.storage}, images decoded by {decoder}, "
-          f"into {out}", file=sys.stderr)
+          f"{config.model.encoder.image_size} px on {device}, {args.storage}, images decoded by {decoder}"
+          f"{', mirrored left to right' if args.mirror else ''}, into {out}", file=sys.stderr)
     report = run_extraction(config, out, storage=args.storage, shard_size=args.shard_size, batch_size=batch_size,
                             device=device, workers=args.workers, decoder=decoder, progress=not args.quiet,
-                            options=options, early_cuda=args.early_cuda)
+                            options=options, early_cuda=args.early_cuda, mirror=args.mirror)
     print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s, "
           f"{report.images_per_second_after_first_batch:.1f} after the first batch's {report.first_batch_seconds:.2f} s; "
           f"decoder {report.decoder}), {report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
@@ -383,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "Unreadable images are skipped and counted.")
     extract.add_argument("--config", type=Path, help="YAML with the data and model.encoder sections")
     extract.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    extract.add_argument("--out", help="cache folder (default: data.features)")
+    extract.add_argument("--out", help="cache folder (default: data.features; with --mirror, data.mirrored_features)")
+    extract.add_argument("--mirror", action="store_true",
+                         help="encode every image mirrored left to right: the cache that flip augmentation reads "
+                              "(data.flip_probability, data.mirrored_features)")
     extract.add_argument("--storage", choices=("float16", "int8"), default="float16",
                          help="float16, or int8 with a scale per image and channel (half the size)")
     extract.add_argument("--shard-size", type=int, default=1024, help="images per shard (bounds RAM)")

@@ -68,6 +68,13 @@ class DataConfig:
     # Cached grids of a split are loaded into memory (and onto the GPU) when they take at most this
     # many GiB as float16, else read from the memory-mapped shards batch by batch.
     preload_limit_gib: float = 8.0
+    # Flip augmentation: each epoch, each training image is replaced by its mirror image (left and right
+    # swapped) with this probability, drawn anew every epoch from (train.seed, epoch), so a resumed run
+    # draws the same. The mirror images' grids come from `mirrored_features`, a cache made by
+    # `captioner extract --mirror` with the same encoder; their captions have "left" and "right"
+    # swapped. Cached features only; validation and test images are never mirrored.
+    flip_probability: float = 0.0
+    mirrored_features: str = ""
     # text
     max_caption_length: int = 16  # words kept for training; references are never truncated
     min_word_count: int = 5  # vocabulary threshold on training captions
@@ -541,6 +548,18 @@ def validate(config: ExperimentConfig) -> None:
     positive("train.grad_clip", t.grad_clip)
     if t.device != "cpu" and not t.device.startswith("cuda"):
         raise ConfigError(f"train.device: must be 'cpu', 'cuda' or 'cuda:N', got {t.device!r}")
+    probability("data.flip_probability", config.data.flip_probability)
+    if config.data.flip_probability > 0:
+        if config.data.dataset == "scenes":
+            raise ConfigError("data.flip_probability: the built-in scenes data has no mirrored features (its "
+                              "captions name where objects are); flip augmentation is for cached features of a "
+                              "data set on disk")
+        if m.encoder.fine_tune:
+            raise ConfigError("data.flip_probability: flip augmentation reads a mirrored feature cache; a "
+                              "fine-tuned encoder reads image files (set model.encoder.fine_tune: false)")
+        if not config.data.mirrored_features:
+            raise ConfigError("data.mirrored_features: data.flip_probability > 0 needs the cache of mirrored images "
+                              "(make it with `captioner extract --mirror --out FOLDER`)")
     positive("decode.beam_size", dec.beam_size)
     positive("decode.max_length", dec.max_length)
     non_negative("decode.length_penalty", dec.length_penalty)

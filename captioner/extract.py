@@ -80,13 +80,14 @@ def default_batch_size(device: str) -> int:
 def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str = "float16", shard_size: int = 1024,
                    batch_size: int | None = None, device: str = "cpu", workers: int = 4, decoder: str = "auto",
                    progress: bool = True, options: ExtractionOptions | None = None, early_cuda: bool = True,
-                   phases: Phases | None = None) -> ExtractionReport:
+                   phases: Phases | None = None, mirror: bool = False) -> ExtractionReport:
     """Extract the grids of every image of every split that `config.data` names with the backbone of
     `config.model.encoder`, into `out_dir`, decoding images with `decoder` ("auto": on the GPU when
     `device` is one, else with PIL); writes `out_dir/extraction.json` with the speed, the decoder and
     the phases of the process. `options`: the speed switches (ExtractionOptions; None: the defaults);
     `early_cuda`: start CUDA, cuDNN and nvjpeg in a background thread while the records are read and
-    the backbone is built."""
+    the backbone is built; `mirror`: encode the images mirrored left to right (a cache for flip
+    augmentation, data.mirrored_features)."""
     phases = phases or Phases()
     phases.mark("imports_done")
     if config.data.dataset == "scenes":
@@ -140,7 +141,7 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
 
         report = extract_features(everything, source, out_dir, storage=storage, shard_size=shard_size,
                                   batch_size=batch_size, device=device, workers=workers, decoder=decoder,
-                                  progress=show, options=options, spec=spec, mark=phases.mark)
+                                  progress=show, options=options, spec=spec, mark=phases.mark, mirror=mirror)
     except BaseException:
         # a CUDA start-up thread still running when the interpreter exits can hang it: let it finish first
         if starter is not None:
@@ -155,6 +156,7 @@ def run_extraction(config: ExperimentConfig, out_dir: str | Path, storage: str =
         "splits": {name: len(items) for name, items in splits.items()},
         "encoder": backbone.spec.to_dict(),
         "storage": storage,
+        "mirrored": mirror,
         "images": report.images,
         "written_this_run": report.written,
         "shards_written": report.shards_done,

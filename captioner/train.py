@@ -35,9 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from captioner import distributed
-from captioner.config import EstimatorConfig, ExperimentConfig, ResearchConfig, experiment_from_dict
+from captioner.config import ConfigError, EstimatorConfig, ExperimentConfig, ResearchConfig, experiment_from_dict
 from captioner.data.batching import CaptionBatch, CaptionText
-from captioner.data.datasets import CachedFeatures, CaptionSplit, load_dataset
+from captioner.data.datasets import CachedFeatures, CaptionSplit, MirroredFeatures, load_dataset
 from captioner.data.sampler import CaptionSampler, EncodedCaptions, ShardBatch, mix_seed
 from captioner.data.vocabulary import Vocabulary
 from captioner.estimators import EstimatorResult, ReinforceBaseline, compute_loss
@@ -310,7 +310,8 @@ class Trainer:
             EncodedCaptions.build(train.captions, self.vocabulary, config.data.max_caption_length, self.device),
             t.batch_size, t.captions_per_image, t.seed, t.length_bucketing, rank=self.distributed.rank,
             world_size=self.distributed.world_size,
-            shard_images=not _normalises_with_batch_statistics(self.model.encoder))
+            shard_images=not _normalises_with_batch_statistics(self.model.encoder),
+            flip_probability=self._flip_probability(train))
         self._noise_generator = torch.Generator(device=self.device)
         self._host_generator = torch.Generator()
         # The update in CUDA graphs (None: eager); _share is the randomness of the update in flight.
@@ -356,12 +357,21 @@ class Trainer:
             if self.device.type == "cuda":
                 group["capturable"] = capturable
 
+    def _flip_probability(self, train: CaptionSplit) -> float:
+        """data.flip_probability, for a training split that holds its mirror images (MirroredFeatures)."""
+        p = self.config.data.flip_probability
+        if p > 0 and not isinstance(train.inputs, MirroredFeatures):
+            raise ConfigError("data.flip_probability: the training split holds no mirror images (flip augmentation "
+                              "reads data.mirrored_features, a cache made by `captioner extract --mirror`)")
+        return p
+
     def _check_feature_cache(self) -> None:
         """A model must read grids made by its own backbone: same layer, resolution, preprocessing
         and weights (the manifest says which); CacheMismatchError otherwise."""
         for split in self.splits.values():
             if isinstance(split.inputs, CachedFeatures):
-                split.inputs.cache.check_encoder(self.model.encoder.spec.to_dict(), self.model.backbone_weights_hash)
+                for cache in split.inputs.caches:
+                    cache.check_encoder(self.model.encoder.spec.to_dict(), self.model.backbone_weights_hash)
 
     def _features_to_device(self) -> None:
         """Inputs held in RAM (cached grids within the preload limit, the scenes images) move to the

@@ -13,7 +13,7 @@ import torch
 
 from captioner.config import DataConfig
 from captioner.data.batching import CaptionBatch, encode_captions
-from captioner.data.feature_cache import FeatureCache
+from captioner.data.feature_cache import CacheMismatchError, FeatureCache
 from captioner.data.images import ImageReadError, normalize_images, read_image
 from captioner.data.records import CaptionRecords, ImageRecord, SkipReport
 from captioner.data.scenes import ScenesSpec, make_scene_splits
@@ -37,6 +37,10 @@ class CachedFeatures:
         self.loaded = self.cache.get(self.image_ids, torch.float16)
         return self
 
+    @property
+    def caches(self) -> list[FeatureCache]:
+        return [self.cache]
+
     def __len__(self) -> int:
         return len(self.image_ids)
 
@@ -45,6 +49,42 @@ class CachedFeatures:
         if self.loaded is not None:
             return self.loaded[indices].float()
         return self.cache.get([self.image_ids[i] for i in indices])
+
+
+class MirroredFeatures(CachedFeatures):
+    """The grids of a training split's N images and of the same images mirrored left to right (a cache
+    made by `captioner extract --mirror`): row i < N is image i, row N + i its mirror image. What flip
+    augmentation (data.flip_probability) indexes; `preload` holds both, in that order, as `loaded`."""
+
+    def __init__(self, cache: FeatureCache, mirror: FeatureCache, image_ids: Sequence[str]):
+        super().__init__(cache, image_ids)
+        self.mirror = mirror
+
+    @property
+    def caches(self) -> list[FeatureCache]:
+        return [self.cache, self.mirror]
+
+    def preload(self) -> "MirroredFeatures":
+        self.cache.verify(self.image_ids)
+        self.mirror.verify(self.image_ids)
+        self.loaded = torch.cat([self.cache.get(self.image_ids, torch.float16),
+                                 self.mirror.get(self.image_ids, torch.float16)])
+        return self
+
+    def __len__(self) -> int:
+        return 2 * len(self.image_ids)
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        indices = _index_list(indices, len(self))
+        if self.loaded is not None:
+            return self.loaded[indices].float()
+        n = len(self.image_ids)
+        out = torch.empty((len(indices), self.cache.num_locations, self.cache.channels))
+        for source, rows in ((self.cache, [p for p, i in enumerate(indices) if i < n]),
+                             (self.mirror, [p for p, i in enumerate(indices) if i >= n])):
+            if rows:
+                out[rows] = source.get([self.image_ids[indices[p] % n] for p in rows])
+        return out
 
 
 class ImageFiles:
@@ -189,7 +229,9 @@ def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, Captio
     records = read_records(config)
     fine_tune = model_config is not None and model_config.encoder.fine_tune
     cache = None if fine_tune else FeatureCache(config.features)
+    mirror = _mirror_cache(config, cache) if cache is not None and config.flip_probability > 0 else None
     why = _extraction_skips(cache) if cache is not None else {}
+    mirror_why = _extraction_skips(mirror) if mirror is not None else {}
     splits: dict[str, CaptionSplit] = {}
     done: dict[int, tuple[str, list[ImageRecord], SkipReport]] = {}  # id(items) -> first split of those images
     messages = []
@@ -203,6 +245,11 @@ def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, Captio
                 if cache is not None and record.image_id not in cache:
                     reason = why.get(str(record.path))
                     skipped.add("not in the feature cache (unreadable at extraction)",
+                                f"{record.path}" + (f" (extraction: {reason})" if reason else ""))
+                    continue
+                if mirror is not None and name == "train" and record.image_id not in mirror:
+                    reason = mirror_why.get(str(record.path))
+                    skipped.add("not in the mirrored feature cache (unreadable at its extraction)",
                                 f"{record.path}" + (f" (extraction: {reason})" if reason else ""))
                     continue
                 if cache is None:
@@ -219,8 +266,10 @@ def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, Captio
                 messages.append(f"{name}: {skipped.summary()}")
         ids = [r.image_id for r in kept]
         if cache is not None:
-            inputs, kind = CachedFeatures(cache, ids), "features"
-            if len(ids) * cache.num_locations * cache.channels * 2 <= config.preload_limit_gib * 2**30:
+            inputs = MirroredFeatures(cache, mirror, ids) if mirror is not None and name == "train" else \
+                CachedFeatures(cache, ids)
+            kind = "features"
+            if len(inputs) * cache.num_locations * cache.channels * 2 <= config.preload_limit_gib * 2**30:
                 inputs.preload()
         else:
             inputs, kind = ImageFiles([r.path for r in kept], model_config.encoder.image_size), "images"
@@ -230,6 +279,20 @@ def load_disk_dataset(config: DataConfig, model_config=None) -> dict[str, Captio
     if messages:
         warnings.warn(f"{records.source}: " + " || ".join(messages), stacklevel=2)
     return splits
+
+
+def _mirror_cache(config: DataConfig, cache: FeatureCache) -> FeatureCache:
+    """The cache of mirrored images that flip augmentation reads: made by `captioner extract --mirror`
+    with the encoder and weights of `cache` (CacheMismatchError naming the folder otherwise)."""
+    mirror = FeatureCache(config.mirrored_features)
+    if cache.mirrored:
+        raise CacheMismatchError(f"{cache.folder}: data.features holds mirrored images (made with `captioner extract "
+                                 "--mirror`); flip augmentation needs the unmirrored cache there")
+    if not mirror.mirrored:
+        raise CacheMismatchError(f"{mirror.folder}: data.mirrored_features holds unmirrored images; make the cache "
+                                 "of mirrored images with `captioner extract --mirror --out FOLDER`")
+    mirror.check_encoder(cache.encoder, cache.manifest["weights_hash"])
+    return mirror
 
 
 def skip_summary(splits: dict[str, CaptionSplit]) -> dict:

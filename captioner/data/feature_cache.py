@@ -153,8 +153,10 @@ def _write_json(path: Path, data: dict) -> dict:
 
 
 def _cache_key(manifest: dict) -> str:
-    """What a shard must have been made for: encoder, weights, storage, shard size and image list."""
+    """What a shard must have been made for: encoder, weights, storage, shard size and image list (and
+    that the images were mirrored, for a mirrored cache: the keys of other caches are as before)."""
     keys = ("format_version", "encoder", "weights_hash", "storage", "shard_size", "plan_hash")
+    keys += ("mirrored",) if manifest.get("mirrored") else ()
     text = json.dumps({key: manifest.get(key) for key in keys}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -519,7 +521,7 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
                      shard_size: int = 1024, batch_size: int = 64, device: str | torch.device = "cpu",
                      workers: int = 4, decoder: str = "auto", bf16: bool = False, channels_last: bool = False,
                      progress: Callable[[int, int], None] | None = None, options: ExtractionOptions | None = None,
-                     spec=None, mark: Callable[..., None] | None = None) -> ExtractionReport:
+                     spec=None, mark: Callable[..., None] | None = None, mirror: bool = False) -> ExtractionReport:
     """Run `backbone` on every distinct image of `records` and store the grids under `out_dir`.
 
     `decoder` (see resolve_decoder) is how images are decoded; the manifest notes it, but it is no part
@@ -534,7 +536,9 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
     `options` (ExtractionOptions) are the speed switches; when given, its precision and
     channels_last replace `bf16` and `channels_last`. `backbone` may also be a function that builds
     it (then `spec`, its BackboneSpec, is needed), so that files are read while it is built. `mark`,
-    when given, is called with the name of each phase as it ends (for timing a fresh process)."""
+    when given, is called with the name of each phase as it ends (for timing a fresh process).
+    `mirror`: encode every image mirrored left to right (the manifest says "mirrored": true), the
+    cache that training's flip augmentation reads (data.mirrored_features)."""
     if storage not in STORAGE_TYPES:
         raise ValueError(f"storage must be one of {STORAGE_TYPES}, got {storage!r}")
     if shard_size <= 0 or batch_size <= 0:
@@ -591,13 +595,15 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
             "plan_hash": _plan_hash(image_ids),
             "shards": shard_names,
         }
+        if mirror:
+            manifest["mirrored"] = True
         existing = _existing_manifest(manifest_path)
         if existing is not None:
-            for key in ("format_version", "encoder", "weights_hash", "storage", "shard_size", "plan_hash"):
-                if existing.get(key) != manifest[key]:
+            for key in ("format_version", "encoder", "weights_hash", "storage", "shard_size", "plan_hash", "mirrored"):
+                if existing.get(key) != manifest.get(key):
                     raise CacheMismatchError(
                         f"{manifest_path}: this cache was made with {key}={existing.get(key)!r}, this run asks for "
-                        f"{manifest[key]!r}; use another folder (or delete this one) to make a new cache")
+                        f"{manifest.get(key)!r}; use another folder (or delete this one) to make a new cache")
         key = _cache_key(manifest)
         old_checksums = (existing or {}).get("checksums") or {}
         problems = _shard_problems(out_dir, manifest, key, old_checksums, vouched=existing is not None,
@@ -626,7 +632,7 @@ def extract_features(records: Sequence[ImageRecord], backbone, out_dir: str | Pa
             mark("warmup_done")
         return _extraction_loop(reader, backbone, out_dir, manifest, key, storage, device, options, decoder,
                                 autocast, autocast_dtype, memory_format, unique, ordered, todo, damaged, progress,
-                                mark)
+                                mark, mirror)
     finally:
         if reader is not None:
             reader.close()
@@ -643,7 +649,7 @@ class _ShardState:
 def _extraction_loop(reader: _BatchReader, backbone, out_dir: Path, manifest: dict, key: str, storage: str,
                      device: torch.device, options: ExtractionOptions, decoder: str, autocast: bool, autocast_dtype,
                      memory_format, unique: dict[str, ImageRecord], ordered: list[ImageRecord], todo: list[int],
-                     damaged: dict[str, str], progress, mark) -> ExtractionReport:
+                     damaged: dict[str, str], progress, mark, mirror: bool = False) -> ExtractionReport:
     spec = backbone.spec
     skipped = SkipReport()
     start = time.perf_counter()
@@ -733,7 +739,8 @@ def _extraction_loop(reader: _BatchReader, backbone, out_dir: Path, manifest: di
             if pixels is None:
                 continue
             with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast):
-                inputs = backbone.preprocess(pixels.to(device, non_blocking=True))
+                pixels = pixels.to(device, non_blocking=True)
+                inputs = backbone.preprocess(pixels.flip(-1) if mirror else pixels)
                 grid = backbone(inputs.contiguous(memory_format=memory_format))
             if options.device_quantize:
                 with torch.inference_mode():
@@ -1063,6 +1070,11 @@ class FeatureCache:
     @property
     def num_locations(self) -> int:
         return self.manifest["num_locations"]
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the images were mirrored left to right before the backbone (`captioner extract --mirror`)."""
+        return bool(self.manifest.get("mirrored"))
 
     @property
     def channels(self) -> int:

@@ -10,6 +10,7 @@ and gathers device tensors: no host work and no device-to-host wait.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,20 @@ from captioner.data.vocabulary import Vocabulary
 # Batches whose captions are sorted by length together: wide enough that most batches hold
 # captions of one length, narrow enough that an epoch still mixes the whole data set.
 BUCKET_WINDOW = 100
+
+# Words that trade places in the captions of a mirrored image (flip augmentation).
+MIRRORED_WORDS = (("left", "right"),)
+_FLIP_STREAM = 0x666C6970  # keeps the flips' random stream apart from the epoch order's
+
+
+def mirror_word_ids(vocabulary: Vocabulary, pairs: Sequence[tuple[str, str]] = MIRRORED_WORDS) -> torch.Tensor:
+    """A lookup (vocabulary size,) that sends each word id to that of its mirror word: `pairs`' words
+    swapped where both are in the vocabulary, every other id to itself."""
+    lookup = torch.arange(len(vocabulary))
+    for a, b in pairs:
+        if a in vocabulary.index and b in vocabulary.index:
+            lookup[vocabulary.index[a]], lookup[vocabulary.index[b]] = vocabulary.index[b], vocabulary.index[a]
+    return lookup
 
 
 def mix_seed(*parts: int) -> int:
@@ -120,12 +135,26 @@ class CaptionSampler:
     of a multi-process run without captions). Each batch is then shared by the `world_size` processes
     in contiguous runs of captions. With `shard_images` a process encodes only the images of its own
     captions; without, every process encodes all images of the batch, as an encoder that normalises
-    with batch statistics needs for the result not to depend on the number of processes."""
+    with batch statistics needs for the result not to depend on the number of processes.
+
+    With `flip_probability` > 0 (flip augmentation), each image of an epoch is replaced by its mirror
+    image with that probability, drawn from (seed, epoch) apart from the order (which stays as without
+    flips): a planned batch then names image N + i (N images; inputs as MirroredFeatures holds them)
+    and the captions of image i with "left" and "right" swapped (`mirror_word_ids`)."""
 
     def __init__(self, encoded: EncodedCaptions, batch_size: int, captions_per_image: int, seed: int,
                  length_bucketing: bool = False, window: int = BUCKET_WINDOW, rank: int = 0, world_size: int = 1,
-                 shard_images: bool = True):
+                 shard_images: bool = True, flip_probability: float = 0.0):
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f"flip_probability must lie in [0, 1], got {flip_probability}")
         self.encoded = encoded
+        self.flip_probability = flip_probability
+        # What the batches read their targets from: the captions, then (flips) the same mirrored.
+        self.rows = encoded
+        if flip_probability > 0:
+            mirrored = mirror_word_ids(encoded.vocabulary).to(encoded.targets.device)[encoded.targets]
+            self.rows = dataclasses.replace(encoded, targets=torch.cat([encoded.targets, mirrored]),
+                                            lengths=torch.cat([encoded.lengths, encoded.lengths]))
         self.seed = seed
         self.length_bucketing = length_bucketing
         self.window = window
@@ -176,6 +205,14 @@ class CaptionSampler:
         source = bounds[shuffled][new_batch_of] + torch.arange(len(order)) - new_bounds[new_batch_of]
         return order[source], new_bounds
 
+    def flips(self, epoch: int) -> torch.Tensor | None:
+        """Which images epoch `epoch` mirrors (bool (N,), CPU; None without flip augmentation). A pure
+        function of (seed, epoch), so every process and a resumed run draw the same."""
+        if self.flip_probability <= 0:
+            return None
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, _FLIP_STREAM))
+        return torch.rand(len(self.encoded.counts), generator=generator) < self.flip_probability
+
     def plan(self, epoch: int, device: torch.device | str) -> EpochPlan:
         """This process's shares of every batch of epoch `epoch`, put on `device` in one copy each."""
         encoded = self.encoded
@@ -200,6 +237,10 @@ class CaptionSampler:
         steps = torch.zeros(batches, dtype=torch.long).scatter_reduce(
             0, batch_of, encoded.host_lengths[order], "amax", include_self=False)
         shares = list(zip(low.tolist(), high.tolist(), sizes.tolist()))
-        return EpochPlan(encoded, captions.to(device), batch_images.to(device), batch_images,
+        flipped = self.flips(epoch)
+        if flipped is not None:  # the mirror image's row, and the mirrored copy of each of its captions
+            captions = captions + len(encoded) * flipped[encoded.owner[captions]].long()
+            batch_images = batch_images + images * flipped[batch_images].long()
+        return EpochPlan(self.rows, captions.to(device), batch_images.to(device), batch_images,
                          image_index.to(device), caption_offsets.tolist(), image_offsets.tolist(), steps.tolist(),
                          shares)

@@ -22,33 +22,44 @@ from captioner.data.vocabulary import Vocabulary
 
 class CachedFeatures:
     """Backbone grids of a list of images, read from a feature cache: rows come from the memory-mapped
-    shards when indexed, or from RAM after `preload` (float16, (N, L, C))."""
+    shards when indexed, or from RAM after `preload` (float16, (N, L, C)). A subclass may hold more
+    than one cache of the same images (`caches`): row k * N + i is image i in cache k."""
 
     def __init__(self, cache: FeatureCache, image_ids: Sequence[str]):
         self.cache = cache
         self.image_ids = list(image_ids)
         self.loaded: torch.Tensor | None = None
 
-    def preload(self) -> "CachedFeatures":
-        """Read every row into RAM, after checking the checksums of the shards they come from (each
-        shard once per cache; FeatureCacheError naming a damaged file). Rows with NaN or infinite
-        values are refused (FeatureCache.get); without preloading, that check runs batch by batch."""
-        self.cache.verify(self.image_ids)
-        self.loaded = self.cache.get(self.image_ids, torch.float16)
-        return self
-
     @property
     def caches(self) -> list[FeatureCache]:
         return [self.cache]
 
+    def preload(self) -> "CachedFeatures":
+        """Read every row into RAM, after checking the checksums of the shards they come from (each
+        shard once per cache; FeatureCacheError naming a damaged file). Rows with NaN or infinite
+        values are refused (FeatureCache.get); without preloading, that check runs batch by batch."""
+        for cache in self.caches:
+            cache.verify(self.image_ids)
+        parts = [cache.get(self.image_ids, torch.float16) for cache in self.caches]
+        self.loaded = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self
+
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self.caches) * len(self.image_ids)
 
     def __getitem__(self, indices) -> torch.Tensor:
         indices = _index_list(indices, len(self))
         if self.loaded is not None:
             return self.loaded[indices].float()
-        return self.cache.get([self.image_ids[i] for i in indices])
+        n, caches = len(self.image_ids), self.caches
+        if len(caches) == 1:
+            return self.cache.get([self.image_ids[i] for i in indices])
+        out = torch.empty((len(indices), self.cache.num_locations, self.cache.channels))
+        for k, cache in enumerate(caches):
+            rows = [p for p, i in enumerate(indices) if i // n == k]
+            if rows:
+                out[rows] = cache.get([self.image_ids[indices[p] % n] for p in rows])
+        return out
 
 
 class MirroredFeatures(CachedFeatures):
@@ -63,28 +74,6 @@ class MirroredFeatures(CachedFeatures):
     @property
     def caches(self) -> list[FeatureCache]:
         return [self.cache, self.mirror]
-
-    def preload(self) -> "MirroredFeatures":
-        self.cache.verify(self.image_ids)
-        self.mirror.verify(self.image_ids)
-        self.loaded = torch.cat([self.cache.get(self.image_ids, torch.float16),
-                                 self.mirror.get(self.image_ids, torch.float16)])
-        return self
-
-    def __len__(self) -> int:
-        return 2 * len(self.image_ids)
-
-    def __getitem__(self, indices) -> torch.Tensor:
-        indices = _index_list(indices, len(self))
-        if self.loaded is not None:
-            return self.loaded[indices].float()
-        n = len(self.image_ids)
-        out = torch.empty((len(indices), self.cache.num_locations, self.cache.channels))
-        for source, rows in ((self.cache, [p for p, i in enumerate(indices) if i < n]),
-                             (self.mirror, [p for p, i in enumerate(indices) if i >= n])):
-            if rows:
-                out[rows] = source.get([self.image_ids[indices[p] % n] for p in rows])
-        return out
 
 
 class ImageFiles:

@@ -54,7 +54,7 @@ printf '%s\n' $jobs | xargs -r -P "$RUNS_AT_ONCE" -I {} bash -c '
   captioner train $(args "$arm") --set train.seed=$seed --quiet $resume --out "$run" > "$OUT/runs/$arm-s$seed.log" 2>&1 \
     || { echo "$arm-s$seed failed: $OUT/runs/$arm-s$seed.log" >&2; exit 1; }' _ {}
 
-sort "$ROOT/Flickr8k_text/Flickr_8k.testImages.txt" | head -"$SPREAD_IMAGES" | sed "s#^#$ROOT/Flicker8k_Dataset/#" > "$OUT/test-images.txt"
+sort "$ROOT/Flickr8k_text/Flickr_8k.testImages.txt" | sed -n "1,${SPREAD_IMAGES}s#^#$ROOT/Flicker8k_Dataset/#p" > "$OUT/test-images.txt"  # sed reads to the end: no SIGPIPE for sort
 pictures=""
 for arm in $ARMS; do for seed in $SEEDS; do
   run="$OUT/runs/$arm-s$seed"

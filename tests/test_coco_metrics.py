@@ -267,6 +267,22 @@ def test_without_java_meteor_is_unavailable_and_the_rest_is_scored(monkeypatch):
         score_captions(SMALL_HYPS, SMALL_REFS, metrics=("bleu",), tokenizer="java")
 
 
+def test_meteor_files_missing_makes_meteor_unavailable_instead_of_hanging(monkeypatch, tmp_path):
+    # With Java present and meteor-1.5.jar gone, pycocoevalcap's Meteor() would wait for ever on a
+    # Java process that has exited: the files are checked first, and the other metrics are scored.
+    monkeypatch.setattr(coco_module, "java_available", lambda: True)
+    monkeypatch.setattr(coco_module, "_java_version", lambda: "test")
+    monkeypatch.setattr(coco_module, "_meteor_dir", lambda: tmp_path)
+    assert coco_module.meteor_files_missing() == [str(tmp_path / "meteor-1.5.jar"),
+                                                  str(tmp_path / "data/paraphrase-en.gz")]
+    scores = score_captions(SMALL_HYPS, SMALL_REFS, metrics=("bleu", "meteor"), tokenizer="python")
+    reason = scores.unavailable["METEOR"]
+    assert "missing" in reason and str(tmp_path / "meteor-1.5.jar") in reason
+    assert set(scores.corpus) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"}
+    monkeypatch.undo()
+    assert coco_module.meteor_files_missing() == []  # the installed pycocoevalcap has both files
+
+
 def test_identical_captions_score_perfectly():
     refs = {k: [v, v] for k, v in SMALL_HYPS.items()}
     scores = score_captions(SMALL_HYPS, refs, metrics=("bleu", "rouge"), tokenizer="python")

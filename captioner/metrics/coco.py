@@ -173,6 +173,23 @@ def _package_version(name: str) -> str:
         return "unknown"
 
 
+def _meteor_dir() -> Path:
+    import pycocoevalcap.meteor.meteor  # the jar sits beside meteor.py, where Meteor() looks for it
+
+    return Path(pycocoevalcap.meteor.meteor.__file__).resolve().parent
+
+
+def meteor_files_missing() -> list[str]:
+    """The files pycocoevalcap's METEOR needs that this install lacks (its jar and paraphrase table).
+
+    With Java present but the jar gone, ``Meteor()`` starts a Java process that exits at once and
+    the scorer then waits on it for ever: so the files are checked before it is started.
+    """
+    folder = _meteor_dir()
+    return [str(folder / name) for name in ("meteor-1.5.jar", "data/paraphrase-en.gz")
+            if not (folder / name).is_file()]
+
+
 def _close_meteor(meteor) -> None:
     """Stop METEOR's Java process now rather than whenever the scorer is garbage-collected."""
     process = getattr(meteor, "meteor_p", None)
@@ -282,6 +299,11 @@ def score_captions(
         if metric == "meteor":
             if not have_java:
                 unavailable["METEOR"] = "Java not found: pycocoevalcap computes METEOR with meteor-1.5.jar"
+                continue
+            missing = meteor_files_missing()
+            if missing:
+                unavailable["METEOR"] = ("pycocoevalcap's METEOR files are missing (reinstall pycocoevalcap): "
+                                         + ", ".join(missing))
                 continue
             versions["meteor"] = "meteor-1.5.jar (pycocoevalcap)"
         try:

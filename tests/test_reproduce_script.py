@@ -65,10 +65,14 @@ def test_the_attention_script_refuses_bad_arguments(tmp_path):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_root, tmp_path):
-    out = _run_tiny("reproduce_flickr8k_attention.sh", flickr8k_root, tmp_path, ARMS="soft k40", SEEDS="0",
+    out = _run_tiny("reproduce_flickr8k_attention.sh", flickr8k_root, tmp_path, ARMS="soft k40 k40flip", SEEDS="0",
                     EXTRA_SETS=TINY + " train.log_every=1")
     table = json.loads((out / "table.json").read_text())
-    assert sorted(table) == ["k40", "soft"]
+    assert sorted(table) == ["k40", "k40flip", "soft"]
+    flip_config = (out / "runs" / "k40flip-s0" / "config.yaml").read_text()
+    assert "flip_probability: 0.5" in flip_config and "lite2-block20-mirror" in flip_config
+    assert json.loads((tmp_path / "cache" / "lite2-block20-mirror" / "manifest.json").read_text())["mirrored"] is True
+    assert "flip_probability: 0.0" in (out / "runs" / "k40-s0" / "config.yaml").read_text()
     k40 = table["k40"]["runs"][0]
     assert k40["attention_mode"] == "marginal" and k40["spread"]["marginal"]["images"] == 4
     assert "log_q_minus_log_prior" in k40

@@ -112,7 +112,12 @@ class EncoderConfig:
     hf_model: str = ""  # name: hf -> a Hugging Face vision backbone (hub name or local folder)
     pretrained: bool = True
     fine_tune: bool = False  # train the backbone too, from images (slow; no cache needed)
-    fine_tune_lr_scale: float = 0.1  # the backbone's learning rate relative to the rest
+    fine_tune_lr_scale: float = 0.1  # the backbone's (and the tune_to blocks') learning rate relative to the rest
+    # EfficientNet-Lite: train the backbone's last blocks from a cache of an earlier tap. The blocks
+    # after `layer` up to this one (e.g. layer block14, tune_to block20) start from their ImageNet
+    # weights and learn at fine_tune_lr_scale x the rate; the cache holds `layer`'s grid, the decoder
+    # reads `tune_to`'s. "" = none (the decoder reads `layer`'s grid, the backbone stays frozen).
+    tune_to: str = ""
     feature_dropout: float = 0.0  # dropout on the adapted feature vectors while training (backbones)
 
 
@@ -160,6 +165,11 @@ class EstimatorConfig:
     sleep_weight: float = 1.0
     defensive_weight: float = 0.0  # delta of the mixture (1 - delta) q + delta * component
     defensive_component: Literal["prior", "uniform"] = "uniform"
+    # The proposal's wake term, -sum_k sg(w~_k - c^q_k) log q(a^k | y, x), also trains the encoder
+    # that q reads (the adapter and any model.encoder.tune_to blocks, which belong to p_theta).
+    # False: q reads sg(F), so that term moves only phi (as the sleep update's already does) and
+    # the encoder learns from the bound alone.
+    proposal_encoder_gradient: bool = True
     # VAR / REINFORCE (Show-Attend-Tell's settings)
     reinforce_weight: float = 0.1
     entropy_weight: float = 0.002
@@ -499,6 +509,8 @@ def validate(config: ExperimentConfig) -> None:
                               "frozen encoder (model.encoder.fine_tune=false): otherwise training reads the image files")
     if m.encoder.name == "hf" and not m.encoder.hf_model:
         raise ConfigError("model.encoder.hf_model: name the Hugging Face vision backbone (hub name or local folder)")
+    if m.encoder.tune_to:
+        _check_tune_to(m.encoder)
     positive("model.encoder.image_size", m.encoder.image_size)
     positive("model.encoder.fine_tune_lr_scale", m.encoder.fine_tune_lr_scale)
     positive("data.scenes.min_objects", scenes.min_objects)
@@ -563,6 +575,31 @@ def validate(config: ExperimentConfig) -> None:
     positive("decode.beam_size", dec.beam_size)
     positive("decode.max_length", dec.max_length)
     non_negative("decode.length_penalty", dec.length_penalty)
+
+
+# The MBConv blocks of each EfficientNet-Lite (captioner.models.backbones builds them; a test checks
+# that the two agree): what model.encoder.layer and tune_to may name.
+EFFNET_BLOCK_COUNTS = {"efficientnet-lite0": 16, "efficientnet-lite1": 21, "efficientnet-lite2": 21}
+
+
+def _check_tune_to(encoder: EncoderConfig) -> None:
+    """model.encoder.tune_to: an EfficientNet-Lite block after `layer`, on a cached (frozen) backbone."""
+    key = "model.encoder.tune_to"
+    if encoder.name not in EFFNET_BLOCK_COUNTS:
+        raise ConfigError(f"{key}: trains an EfficientNet-Lite backbone's blocks after its cached tap; "
+                          f"model.encoder.name is {encoder.name!r}")
+    if encoder.fine_tune:
+        raise ConfigError(f"{key}: is the cached alternative to model.encoder.fine_tune (which trains the whole "
+                          f"backbone from images); set one of them")
+    blocks = EFFNET_BLOCK_COUNTS[encoder.name]
+    layer = encoder.layer or f"block{blocks - 1}"  # the backbones' default tap: their last block
+    if layer == "head" or not layer.startswith("block") or not layer[len("block"):].isdigit():
+        raise ConfigError(f"{key}: model.encoder.layer must be an MBConv block (block0..block{blocks - 1}) for "
+                          f"tune_to, got {layer!r}")
+    after = [f"block{i}" for i in range(int(layer[len("block"):]) + 1, blocks)]
+    if encoder.tune_to not in after:
+        raise ConfigError(f"{key}: must be a block after model.encoder.layer {layer!r} ({', '.join(after) or 'none is'}"
+                          f"), got {encoder.tune_to!r}")
 
 
 def config_for_estimator(name: str, base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -145,6 +145,7 @@ def draw_locations(
     rows: torch.Tensor | None = None,
     layout: str = "fused",
     expected_prior: bool = False,
+    detach_proposal_features: bool = False,
 ) -> LocationSamples:
     """Draw `samples` location sequences per caption and score them.
 
@@ -154,7 +155,9 @@ def draw_locations(
     images and rows[n] the image of caption n (the fused layout then never copies a grid per caption).
     layout='stepwise' runs the decoder word by word even where the fused layout applies.
     expected_prior=True also returns sum_t E_{a_t ~ q_t}[log pi_t(a_t)] along each path (q_t the
-    sampling distribution, held constant)."""
+    sampling distribution, held constant). detach_proposal_features=True: q reads sg(features), so
+    that log q's gradient reaches the proposal's own parameters only, not the encoder it shares
+    with the model (estimator.proposal_encoder_gradient)."""
     b = len(text)
     decoder = model.decoder
     repeated = text.repeat(samples)
@@ -168,7 +171,8 @@ def draw_locations(
     if q_network is not None and not q_network.sequential and layout == "fused" and (
             defensive_weight <= 0.0 or defensive_component == "uniform"):
         # Fused layout: every location is drawn before the decoder runs.
-        log_q_steps = q_network.log_probs(features, text.targets, text.lengths, rows).repeat_interleave(samples, 0)
+        q_features = features.detach() if detach_proposal_features else features
+        log_q_steps = q_network.log_probs(q_features, text.targets, text.lengths, rows).repeat_interleave(samples, 0)
         log_q_steps = _mix_defensive(log_q_steps, log_q_steps, defensive_weight, "uniform")
         locations = gumbel_argmax(log_q_steps, generator)
         output = decoder.forward_given_locations(features, repeated.inputs, locations, rows_k, group=samples)
@@ -179,7 +183,7 @@ def draw_locations(
     else:
         features_k = features.index_select(0, rows_k)
         context = q_network.read_caption(text.targets, text.lengths).repeat_interleave(samples, 0)
-        projected = q_network.attend_feature(features_k)
+        projected = q_network.attend_feature(features_k.detach() if detach_proposal_features else features_k)
         factorised = None if q_network.sequential else log_softmax(q_network.scores(projected, context))
 
         def proposal_step(t: int, hidden: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
@@ -252,7 +256,8 @@ def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
     source = research.proposal_source
     expected = research.prior_update == "expected"
     drawn = draw_locations(model, features, text, config.samples, source, config.defensive_weight,
-                           config.defensive_component, generator, rows, research.layout, expected_prior=expected)
+                           config.defensive_component, generator, rows, research.layout, expected_prior=expected,
+                           detach_proposal_features=not config.proposal_encoder_gradient)
     log_q = drawn.log_q if source == "model" else drawn.log_q.detach()
     # prior_update "expected": the prior's wake term with each sampled location's log pi_t replaced by
     # its expectation under q_t (same weights w~), which is exactly zero while q = pi whatever the

@@ -385,13 +385,15 @@ class Trainer:
                 split.inputs = split.inputs.to(self.device)
 
     def _parameter_groups(self) -> list[dict]:
-        """One group, or two when a backbone is fine-tuned (it learns at fine_tune_lr_scale x the rate)."""
+        """One group, or two when a backbone (or its tune_to blocks) is fine-tuned: it learns at
+        fine_tune_lr_scale x the rate."""
         encoder = self.config.model.encoder
-        if not (self.model.uses_backbone and encoder.fine_tune):
+        if not (self.model.uses_backbone and (encoder.fine_tune or encoder.tune_to)):
             return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr_scale": 1.0}]
-        backbone = list(self.model.encoder.backbone.parameters())
+        tuned = self.model.encoder.backbone if encoder.fine_tune else self.model.encoder.tuned
+        backbone = list(tuned.parameters())
         ids = {id(p) for p in backbone}
-        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        rest = [p for p in self.model.parameters() if id(p) not in ids and p.requires_grad]
         return [{"params": rest, "lr_scale": 1.0}, {"params": backbone, "lr_scale": encoder.fine_tune_lr_scale}]
 
     # ---- checkpoints -------------------------------------------------------------------

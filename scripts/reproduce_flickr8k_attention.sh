@@ -1,42 +1,48 @@
 #!/usr/bin/env bash
 # Reproduce issue 16's hard-attention studies on Flickr8k (eval/flickr8k/attention-study/lite2/README.md
-# and lite2-flip-k80/README.md): WS-RAM with K = 40 (and K = 20, K = 80) against soft attention on
-# EfficientNet-Lite2 grids, with and without flip augmentation, three seeds each, on any machine with a
-# CUDA GPU.
+# lite2-flip-k80/README.md and lite2-tune/README.md): WS-RAM with K = 40 (and K = 20, K = 80) against
+# soft attention on EfficientNet-Lite2 grids, with and without flip augmentation, with the backbone frozen
+# or its last six blocks trained, three seeds each, on any machine with a CUDA GPU.
 #
 # usage: bash scripts/reproduce_flickr8k_attention.sh FLICKR8K_ROOT CACHE_DIR OUT_DIR
 #   FLICKR8K_ROOT  the Flickr8k release folder (Flicker8k_Dataset/, Flickr8k_text/), see data/README.md
-#   CACHE_DIR      where the Lite2 block-20 feature cache goes (int8, about 150 MB; reused if there), and
-#                  its mirrored twin when a flip arm is asked for
+#   CACHE_DIR      where the Lite2 block-20 feature cache goes (int8, about 150 MB; reused if there), its
+#                  mirrored twin when a flip arm is asked for, and the block-14 cache (about 190 MB) when a
+#                  tune arm is
 #   OUT_DIR        the runs (OUT_DIR/runs/ARM-sSEED), their decodes, spreads, pictures and the table
 #
 # From the repository root, after `pip install -e .`. Steps:
-#   1. the feature cache (`captioner extract`, seconds on a GPU; with a flip arm, also `--mirror`);
+#   1. the feature caches the arms read (`captioner extract`, seconds on a GPU; `--mirror` for a flip arm);
 #   2. the trainings (`captioner train`, RUNS_AT_ONCE of them in parallel on the GPU, default 3);
 #   3. for each WS-RAM model: the dev and test splits decoded with the argmax, expected and marginal
 #      glimpse (research/decoding_study.py), where the prior looks on the first SPREAD_IMAGES test
 #      images (research/attention_spread.py), and attention pictures of the first WS-RAM seed-0 model;
 #   4. where Java is installed, METEOR and the Java tokenizer (research/score_flickr8k_runs.py);
 #   5. the table over seeds (research/seed_table.py) to OUT_DIR/table.md and table.json.
-# Arms: soft, k20, k40, k80 (WS-RAM with K samples), softflip, k40flip (data.flip_probability 0.5).
+# Arms: soft, k20, k40, k80 (WS-RAM with K samples), softflip, k40flip (data.flip_probability 0.5),
+# softtune, k40tune, k40tuneq (blocks 15-20 trained on a block-14 cache, model.encoder.tune_to; k40tuneq
+# with the proposal reading sg(F), estimator.proposal_encoder_gradient=false, as its config sets).
 # Environment: ARMS (default "soft k40 k20"), SEEDS (default "0 1 2"), RUNS_AT_ONCE (3), DEVICE (cuda),
 # SPREAD_IMAGES (200), EXTRA_SETS (space-separated KEY=VALUE overrides for every run, e.g. a smoke run).
 set -euo pipefail
-if [ $# -ne 3 ]; then sed -n 2,23p "$0"; exit 2; fi
+if [ $# -ne 3 ]; then sed -n 2,26p "$0"; exit 2; fi
 ROOT=$(cd "$1" && pwd); CACHE=$2; OUT=$3
 ARMS=${ARMS:-soft k40 k20}; SEEDS=${SEEDS:-0 1 2}; RUNS_AT_ONCE=${RUNS_AT_ONCE:-3}; DEVICE=${DEVICE:-cuda}
 SPREAD_IMAGES=${SPREAD_IMAGES:-200}
 [ -d "$ROOT/Flicker8k_Dataset" ] && [ -d "$ROOT/Flickr8k_text" ] || {
   echo "$ROOT: not a Flickr8k release folder (needs Flicker8k_Dataset/ and Flickr8k_text/)" >&2; exit 2; }
 for arm in $ARMS; do
-  case $arm in soft|k20|k40|k80|softflip|k40flip) ;;
-    *) echo "ARMS: unknown arm '$arm' (soft, k20, k40, k80, softflip, k40flip)" >&2; exit 2 ;; esac
+  case $arm in soft|k20|k40|k80|softflip|k40flip|softtune|k40tune|k40tuneq) ;;
+    *) echo "ARMS: unknown arm '$arm' (soft, k20, k40, k80, softflip, k40flip, softtune, k40tune, k40tuneq)" >&2
+       exit 2 ;; esac
 done
 mkdir -p "$CACHE" "$OUT/runs"
 [ "$DEVICE" = cpu ] || python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: this script trains on a GPU')"
-SETS="--set data.root=$ROOT --set data.features=$CACHE/lite2-block20 --set train.device=$DEVICE"
+BASE="--set data.root=$ROOT --set train.device=$DEVICE"
+for extra in ${EXTRA_SETS:-}; do BASE="$BASE --set $extra"; done
+SETS="--set data.features=$CACHE/lite2-block20 $BASE"
+TUNE="--set data.features=$CACHE/lite2-block14 $BASE"
 FLIP="--set data.flip_probability=0.5 --set data.mirrored_features=$CACHE/lite2-block20-mirror"
-for extra in ${EXTRA_SETS:-}; do SETS="$SETS --set $extra"; done
 args() {  # arm -> the config and its overrides
   case $1 in
     soft) echo "--config eval/flickr8k/soft-lite2.yaml $SETS" ;;
@@ -45,12 +51,17 @@ args() {  # arm -> the config and its overrides
     k80) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS --set estimator.samples=80" ;;
     softflip) echo "--config eval/flickr8k/soft-lite2.yaml $SETS $FLIP" ;;
     k40flip) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS $FLIP" ;;
+    softtune) echo "--config eval/flickr8k/soft-lite2-tune.yaml $TUNE" ;;
+    k40tune) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE --set estimator.proposal_encoder_gradient=true" ;;
+    k40tuneq) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE" ;;
   esac
 }
-export -f args; export SETS FLIP OUT
+export -f args; export SETS TUNE FLIP OUT
 
-captioner extract $(args k40) --device "$DEVICE" --storage int8 --quiet
+case " $ARMS " in *\ soft\ *|*\ k20\ *|*\ k40\ *|*\ k80\ *|*flip\ *)
+  captioner extract $(args k40) --device "$DEVICE" --storage int8 --quiet ;; esac
 case " $ARMS " in *flip\ *) captioner extract $(args k40flip) --device "$DEVICE" --storage int8 --mirror --quiet ;; esac
+case " $ARMS " in *tune*) captioner extract $(args k40tuneq) --device "$DEVICE" --storage int8 --quiet ;; esac
 
 jobs=""
 for arm in $ARMS; do for seed in $SEEDS; do

@@ -1,5 +1,6 @@
 """Data sets on disk, end to end: extract a feature cache with the real EfficientNet-Lite0, train all
-three estimators on it, score the test split, caption a JPEG with the saved model; fine-tuning."""
+three estimators on it, score the test split, caption a JPEG with the saved model; fine-tuning, and
+the last blocks trained on a cache of an earlier tap (model.encoder.tune_to)."""
 
 from __future__ import annotations
 
@@ -137,6 +138,48 @@ def test_fine_tuning_trains_the_backbone_from_images_and_keeps_batch_norm_statis
             assert torch.equal(value, buffers[key]), f"{key}: batch-norm statistics must stay frozen"
     groups = trainer.optimizer.param_groups
     assert [g["lr_scale"] for g in groups] == [1.0, config.model.encoder.fine_tune_lr_scale]
+
+
+@pytest.mark.slow
+def test_tune_to_trains_the_last_blocks_on_a_cache_of_an_earlier_tap(tiny_flickr, tmp_path):
+    cache = tmp_path / "block10"
+    base = _base(tiny_flickr, cache) + ["model.encoder.layer=block10"]
+    args = ["extract", "--config", "eval/flickr8k/wsram.yaml", "--quiet", "--workers", "2"]
+    for item in base:
+        args += ["--set", item]
+    assert main(args) == 0
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert (manifest["encoder"]["layer"], manifest["num_locations"], manifest["channels"]) == ("block10", 16, 112)
+
+    config = load_config("eval/flickr8k/wsram.yaml", base + ["model.encoder.tune_to=block15"])
+    with pytest.warns(UserWarning, match="not in the feature cache"):
+        trainer = Trainer(config, tmp_path / "probe")
+    encoder = trainer.model.encoder
+    assert trainer.model.num_locations == 4  # the decoder reads block15's 2 x 2 grid
+    groups = trainer.optimizer.param_groups
+    assert [g["lr_scale"] for g in groups] == [1.0, config.model.encoder.fine_tune_lr_scale]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in encoder.tuned.parameters()}
+    assert not any(p.requires_grad for p in encoder.backbone.parameters())
+    tuned = {k: v.clone() for k, v in encoder.tuned.state_dict().items()}
+    backbone_hash = encoder.backbone.weights_hash()
+    trainer.model.train()
+    trainer.train_step(trainer.splits["train"].batch(range(4), trainer.vocabulary, 16))
+    after = encoder.tuned.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in tuned.items() if "running" not in k), "tuned blocks learn"
+    assert all(torch.equal(after[k], v) for k, v in tuned.items() if "running" in k), "BatchNorm statistics stay"
+    assert encoder.backbone.weights_hash() == backbone_hash
+
+    out = tmp_path / "run"
+    args = ["train", "--config", "eval/flickr8k/wsram.yaml", "--out", str(out), "--quiet"]
+    for item in base + ["model.encoder.tune_to=block15"]:
+        args += ["--set", item]
+    with pytest.warns(UserWarning, match="not in the feature cache"):
+        assert main(args) == 0
+    assert np.isfinite(json.loads((out / "metrics.json").read_text())["Bleu_4"])
+    caption_out = tmp_path / "captions.jsonl"  # from pixels: the backbone to block10, then the tuned blocks
+    assert main(["caption", str(out / "model"), str(tiny_flickr / "Flicker8k_Dataset" / "te0.jpg"),
+                 "--output", str(caption_out)]) == 0
+    assert all(0 <= w["location"] < 4 for w in json.loads(caption_out.read_text())["words"])
 
 
 @pytest.mark.slow

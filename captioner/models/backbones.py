@@ -38,6 +38,7 @@ Layers past the tap are kept (frozen, ``requires_grad=False``) only for :meth:`B
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import inspect
@@ -282,6 +283,11 @@ class Backbone(nn.Module):
         """preprocessed (N, 3, S, S) -> ImageNet logits (N, 1000) from the whole network."""
         raise NotImplementedError(f"{self.spec.name}: no ImageNet classifier")
 
+    def blocks_after(self, layer: str) -> tuple[nn.Sequential, "BackboneSpec"]:
+        """Trainable copies of the layers after the tap, up to `layer` (EfficientNet-Lite only)."""
+        raise ValueError(f"backbone {self.spec.name!r}: model.encoder.tune_to is for the efficientnet-lite "
+                         f"backbones (their MBConv blocks after the cached tap)")
+
     def _check_input(self, images: torch.Tensor) -> None:
         size = self.spec.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
@@ -373,6 +379,24 @@ class EfficientNetLite0Backbone(Backbone):
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """preprocessed (N, 3, S, S) -> (N, D, S/stride, S/stride), running only up to the tap."""
         return self._trunk(images, self.num_blocks, self.use_head)
+
+    def blocks_after(self, layer: str) -> tuple[nn.Sequential, BackboneSpec]:
+        """Copies of the MBConv blocks after this backbone's tap, up to and including `layer`, with
+        the ImageNet weights and trainable (requires_grad), and the spec of what they output: what
+        `model.encoder.tune_to` trains on top of a cached grid. They run without drop-connect (so
+        deterministically, in training mode too); their BatchNorm layers are the caller's to keep in
+        eval mode. Raises ValueError when `layer` is not a block after the tap."""
+        name, tap = self.spec.name, self.spec.layer
+        known = [f"block{i}" for i in range(len(self.net._blocks))]
+        if tap == "head":
+            raise ValueError(f"backbone {name!r}: no MBConv block follows the head tap")
+        if layer not in known or int(layer[len("block"):]) < self.num_blocks:
+            raise ValueError(f"backbone {name!r}: tune_to must be a block after the tap {tap!r}, one of "
+                             f"{', '.join(known[self.num_blocks:]) or '(none)'}; got {layer!r}")
+        end, _, _ = _effnet_tap(name, layer)
+        blocks = nn.Sequential(*(copy.deepcopy(block) for block in self.net._blocks[self.num_blocks:end]))
+        blocks.requires_grad_(True)
+        return blocks, backbone_spec(name, layer, self.spec.image_size)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """preprocessed (N, 3, S, S) -> ImageNet logits (N, 1000)."""

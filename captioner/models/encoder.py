@@ -72,7 +72,10 @@ class PretrainedGridEncoder(nn.Module):
     images (N, 3, S, S) uint8 RGB -> backbone grid (N, L, C) -> adapter -> (N, L, D). Training from
     a feature cache skips the backbone and feeds the cached grid to `adapt`. The adapter (LayerNorm
     over C, a linear map to D = feature_dim, learned position codes) is what the captioner learns
-    on top of a frozen backbone; LayerNorm puts grids of any backbone on one scale."""
+    on top of a frozen backbone; LayerNorm puts grids of any backbone on one scale. With
+    `tune_to` (EfficientNet-Lite), the adapter starts with copies of the backbone's blocks after the
+    tap, up to `tune_to`, trained with the rest: the cache holds the tap's grid, the decoder reads
+    the grid of `tune_to`."""
 
     def __init__(self, config: EncoderConfig, pretrained: bool | None = None):
         super().__init__()
@@ -82,14 +85,21 @@ class PretrainedGridEncoder(nn.Module):
         self.backbone = build_backbone(backbone_name(config), config.layer or None, config.image_size,
                                        pretrained=config.pretrained if pretrained is None else pretrained)
         spec = self.backbone.spec
-        self.grid = spec.grid
+        # model.encoder.tune_to: the backbone's blocks after the (cached) tap, up to tune_to, run in
+        # the adapter and are trained; the decoder sees their output grid.
+        self.tuned = None
+        self.tuned_spec = spec
+        if config.tune_to:
+            self.tuned, self.tuned_spec = self.backbone.blocks_after(config.tune_to)
+        out = self.tuned_spec
+        self.grid = out.grid
         self.feature_dim = config.feature_dim
-        self.norm = nn.LayerNorm(spec.channels)
-        self.project = nn.Linear(spec.channels, config.feature_dim)
+        self.norm = nn.LayerNorm(out.channels)
+        self.project = nn.Linear(out.channels, config.feature_dim)
         self.dropout = nn.Dropout(config.feature_dropout)
         self.position = None
         if config.position_embedding:
-            self.position = nn.Parameter(torch.zeros(1, spec.grid * spec.grid, config.feature_dim))
+            self.position = nn.Parameter(torch.zeros(1, out.grid * out.grid, config.feature_dim))
             nn.init.normal_(self.position, std=config.position_embedding_scale)
         if not self.fine_tune:
             self.backbone.requires_grad_(False)
@@ -102,9 +112,29 @@ class PretrainedGridEncoder(nn.Module):
     def spec(self):
         return self.backbone.spec
 
+    def train(self, mode: bool = True) -> "PretrainedGridEncoder":
+        """Set training mode; the tuned blocks' BatchNorm layers, like the backbone's, stay in eval mode
+        (normalising with the ImageNet statistics, which small caption batches would only corrupt)."""
+        super().train(mode)
+        if self.tuned is not None:
+            for module in self.tuned.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train(False)
+        return self
+
     def adapt(self, grid: torch.Tensor) -> torch.Tensor:
-        """Backbone grid (N, L, C), e.g. from a feature cache -> decoder features (N, L, D)."""
-        features = self.dropout(self.project(self.norm(grid.to(self.project.weight.dtype))))
+        """Backbone grid (N, L, C), e.g. from a feature cache -> decoder features (N, L', D): through the
+        tuned blocks first when model.encoder.tune_to is set (L' = their output grid's cells)."""
+        grid = grid.to(self.project.weight.dtype)
+        if self.tuned is not None:
+            n, cells, channels = grid.shape
+            side = self.backbone.spec.grid
+            if cells != side * side or channels != self.backbone.spec.channels:
+                raise ValueError(f"adapt: expected backbone grids (N, {side * side}, {self.backbone.spec.channels}) "
+                                 f"of {self.backbone.spec.layer}, got {tuple(grid.shape)}")
+            maps = self.tuned(grid.transpose(1, 2).reshape(n, channels, side, side))
+            grid = maps.flatten(2).transpose(1, 2)
+        features = self.dropout(self.project(self.norm(grid)))
         if self.position is not None:
             features = features + self.position
         return features

@@ -317,14 +317,20 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> "Backbone":
         """Set training mode, but keep every BatchNorm layer in eval mode (see the class docstring)."""
         super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train(False)
+        keep_batch_norm_frozen(self)
         return self
 
     def extra_repr(self) -> str:
         s = self.spec
         return f"name={s.name!r}, layer={s.layer!r}, image_size={s.image_size}, grid={s.grid}, channels={s.channels}"
+
+
+def keep_batch_norm_frozen(module: nn.Module) -> None:
+    """Put every BatchNorm layer inside `module` in eval mode: it normalises with its ImageNet
+    statistics and never updates them (what a fine-tuned pretrained layer needs in training mode)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.train(False)
 
 
 def _freeze(modules: list[nn.Module]) -> None:

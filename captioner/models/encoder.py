@@ -110,16 +110,18 @@ class PretrainedGridEncoder(nn.Module):
 
     @property
     def spec(self):
+        """The backbone's tap: what a feature cache for this encoder holds (with tune_to, the grid
+        the decoder reads is `tuned_spec`'s)."""
         return self.backbone.spec
 
     def train(self, mode: bool = True) -> "PretrainedGridEncoder":
         """Set training mode; the tuned blocks' BatchNorm layers, like the backbone's, stay in eval mode
         (normalising with the ImageNet statistics, which small caption batches would only corrupt)."""
+        from captioner.models.backbones import keep_batch_norm_frozen
+
         super().train(mode)
         if self.tuned is not None:
-            for module in self.tuned.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.train(False)
+            keep_batch_norm_frozen(self.tuned)
         return self
 
     def adapt(self, grid: torch.Tensor) -> torch.Tensor:

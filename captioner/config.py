@@ -210,6 +210,11 @@ class TrainConfig:
     final_lr_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 5.0
+    # Polyak averaging: keep an exponential moving average of the parameters, updated after every
+    # update with decay min(ema_decay, (1 + n) / (10 + n)) at update n (so early averages do not
+    # remember the initial weights), and validate, pick best.pt by, export and score those averaged
+    # weights; training itself runs on the live parameters, unchanged. 0: off (the live weights).
+    ema_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"  # under torchrun, "cuda" puts each process on its own GPU, cuda:LOCAL_RANK
     bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
@@ -558,6 +563,8 @@ def validate(config: ExperimentConfig) -> None:
     probability("train.final_lr_fraction", t.final_lr_fraction)
     probability("train.initial_state_dropout_decay", t.initial_state_dropout_decay)
     positive("train.grad_clip", t.grad_clip)
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must lie in [0, 1) (0: no averaging), got {t.ema_decay}")
     if t.device != "cpu" and not t.device.startswith("cuda"):
         raise ConfigError(f"train.device: must be 'cpu', 'cuda' or 'cuda:N', got {t.device!r}")
     probability("data.flip_probability", config.data.flip_probability)

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from captioner import distributed
+from captioner.averaging import ParameterAverage
 from captioner.config import ConfigError, EstimatorConfig, ExperimentConfig, ResearchConfig, experiment_from_dict
 from captioner.data.batching import CaptionBatch, CaptionText
 from captioner.data.datasets import CachedFeatures, CaptionSplit, MirroredFeatures, load_dataset
@@ -312,6 +313,8 @@ class Trainer:
             world_size=self.distributed.world_size,
             shard_images=not _normalises_with_batch_statistics(self.model.encoder),
             flip_probability=self._flip_probability(train))
+        # train.ema_decay: the moving average of the parameters that validation, best.pt and the export use
+        self.average = ParameterAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self._noise_generator = torch.Generator(device=self.device)
         self._host_generator = torch.Generator()
         # The update in CUDA graphs (None: eager); _share is the randomness of the update in flight.
@@ -405,6 +408,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "baseline": self.baseline.state_dict(),
+            **({"parameter_average": self.average.state_dict()} if self.average is not None else {}),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -444,6 +448,8 @@ class Trainer:
                     named.append((f"optimizer {key} of {names.get(id(parameter), '?')}", value))
         if self.baseline.value is not None and not model_only:
             named.append(("the REINFORCE baseline", self.baseline.value))
+        if self.average is not None and not model_only:
+            named += [(f"parameter average of {name}", value) for name, value in self.average.named_tensors()]
         bad = non_finite_tensors(named)
         if bad:
             shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
@@ -547,6 +553,11 @@ class Trainer:
         if state["vocabulary"] != self.vocabulary.words:
             raise ValueError(f"{path}: the checkpoint's vocabulary differs from the one built from the data")
         self.model.load_state_dict(state["model"])
+        if self.average is not None:
+            if "parameter_average" not in state:
+                raise ValueError(f"train.ema_decay: the checkpoint {path} was trained without a parameter average "
+                                 f"(train.ema_decay 0); resume it with train.ema_decay=0, or start a new run")
+            self.average.load_state_dict(state["parameter_average"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self._optimizer_for_this_run()
         self.baseline.load_state_dict(state["baseline"], self.device)
@@ -705,9 +716,15 @@ class Trainer:
                 "learning_rate": float(self.optimizer.param_groups[0]["lr"]), **record}
 
     def validate(self) -> dict:
+        """Scores on the validation split, of the parameter average when train.ema_decay is on."""
         decode = dataclasses.replace(self.config.decode, beam_size=self.config.train.validation_beam_size)
-        scores, _ = evaluate_split(self.model, self.splits["val"], decode, self.device,
-                                   self.config.train.validation_samples, distributed=self.distributed)
+        if self.average is None:
+            scores, _ = evaluate_split(self.model, self.splits["val"], decode, self.device,
+                                       self.config.train.validation_samples, distributed=self.distributed)
+            return scores
+        with self.average.swapped_in():
+            scores, _ = evaluate_split(self.model, self.splits["val"], decode, self.device,
+                                       self.config.train.validation_samples, distributed=self.distributed)
         return scores
 
     def train_shard(self, shard: ShardBatch) -> dict[str, torch.Tensor]:
@@ -716,6 +733,8 @@ class Trainer:
         stats = self._update(self.gather_inputs(shard), self.splits["train"].input_kind, shard.image_index,
                              shard.text, shard.start, shard.stop, shard.total)
         self.step += 1
+        if self.average is not None:
+            self.average.update(self.step)
         self._pending.append((self.step, torch.stack([stats[key].detach().to(torch.float64)
                                                       for key in ("skipped", "loss", "grad_norm")])))
         if self.device.type == "cpu":
@@ -799,10 +818,14 @@ class Trainer:
 
     def load_best(self) -> None:
         """Put the best-by-validation weights (checkpoints/best.pt, the state of step `best_step`)
-        into `self.model`; the model is left as it is when no validation has been made.
-        CheckpointMismatchError when best.pt is missing or of another step."""
+        into `self.model`; the model is left as it is when no validation has been made. With
+        train.ema_decay, the weights put there are best.pt's parameter average (the current average
+        when no validation has been made). CheckpointMismatchError when best.pt is missing or of
+        another step."""
         path = self.out_dir / "checkpoints" / "best.pt"
         if self.best_step is None:
+            if self.average is not None:
+                self.average.copy_to_parameters()
             return
         if not path.is_file():
             raise CheckpointMismatchError(f"{path} is missing, but the run's best validation (BLEU-4 "
@@ -812,3 +835,6 @@ class Trainer:
             raise CheckpointMismatchError(f"{path} is from step {state['step']}, but the run's best validation "
                                           f"(BLEU-4 {self.best_bleu:.4f}) was at step {self.best_step}")
         self.model.load_state_dict(state["model"])
+        if self.average is not None:
+            self.average.load_state_dict(state["parameter_average"], str(path))
+            self.average.copy_to_parameters()

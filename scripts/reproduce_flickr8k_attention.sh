@@ -21,7 +21,9 @@
 #   5. the table over seeds (research/seed_table.py) to OUT_DIR/table.md and table.json.
 # Arms: soft, k20, k40, k80 (WS-RAM with K samples), softflip, k40flip (data.flip_probability 0.5),
 # softtune, k40tune, k40tuneq (blocks 15-20 trained on a block-14 cache, model.encoder.tune_to; k40tuneq
-# with the proposal reading sg(F), estimator.proposal_encoder_gradient=false, as its config sets).
+# with the proposal reading sg(F), estimator.proposal_encoder_gradient=false, as its config sets), k40q (the
+# frozen grid with the proposal reading sg(F)), and with Polyak averaging of the weights (train.ema_decay
+# 0.999, the averaged weights validated, kept and scored): softema, k40qema, softtuneema, k40tuneqema.
 # Environment: ARMS (default "soft k40 k20"), SEEDS (default "0 1 2"), RUNS_AT_ONCE (3), DEVICE (cuda),
 # SPREAD_IMAGES (200), EXTRA_SETS (space-separated KEY=VALUE overrides for every run, e.g. a smoke run).
 set -euo pipefail
@@ -32,8 +34,9 @@ SPREAD_IMAGES=${SPREAD_IMAGES:-200}
 [ -d "$ROOT/Flicker8k_Dataset" ] && [ -d "$ROOT/Flickr8k_text" ] || {
   echo "$ROOT: not a Flickr8k release folder (needs Flicker8k_Dataset/ and Flickr8k_text/)" >&2; exit 2; }
 for arm in $ARMS; do
-  case $arm in soft|k20|k40|k80|softflip|k40flip|softtune|k40tune|k40tuneq) ;;
-    *) echo "ARMS: unknown arm '$arm' (soft, k20, k40, k80, softflip, k40flip, softtune, k40tune, k40tuneq)" >&2
+  case $arm in soft|k20|k40|k80|softflip|k40flip|softtune|k40tune|k40tuneq|k40q|softema|k40qema|softtuneema|k40tuneqema) ;;
+    *) echo "ARMS: unknown arm '$arm' (soft, k20, k40, k80, softflip, k40flip, softtune, k40tune, k40tuneq, k40q," \
+            "softema, k40qema, softtuneema, k40tuneqema)" >&2
        exit 2 ;; esac
 done
 mkdir -p "$CACHE" "$OUT/runs"
@@ -43,6 +46,8 @@ for extra in ${EXTRA_SETS:-}; do BASE="$BASE --set $extra"; done
 SETS="--set data.features=$CACHE/lite2-block20 $BASE"
 TUNE="--set data.features=$CACHE/lite2-block14 $BASE"
 FLIP="--set data.flip_probability=0.5 --set data.mirrored_features=$CACHE/lite2-block20-mirror"
+EMA="--set train.ema_decay=0.999"
+SGF="--set estimator.proposal_encoder_gradient=false"
 args() {  # arm -> the config and its overrides
   case $1 in
     soft) echo "--config eval/flickr8k/soft-lite2.yaml $SETS" ;;
@@ -54,11 +59,16 @@ args() {  # arm -> the config and its overrides
     softtune) echo "--config eval/flickr8k/soft-lite2-tune.yaml $TUNE" ;;
     k40tune) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE --set estimator.proposal_encoder_gradient=true" ;;
     k40tuneq) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE" ;;
+    k40q) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS $SGF" ;;
+    softema) echo "--config eval/flickr8k/soft-lite2.yaml $SETS $EMA" ;;
+    k40qema) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS $SGF $EMA" ;;
+    softtuneema) echo "--config eval/flickr8k/soft-lite2-tune.yaml $TUNE $EMA" ;;
+    k40tuneqema) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE $EMA" ;;
   esac
 }
-export -f args; export SETS TUNE FLIP OUT
+export -f args; export SETS TUNE FLIP EMA SGF OUT
 
-case " $ARMS " in *\ soft\ *|*\ k20\ *|*\ k40\ *|*\ k80\ *|*flip\ *)
+case " $ARMS " in *\ soft\ *|*\ k20\ *|*\ k40\ *|*\ k80\ *|*flip\ *|*\ k40q\ *|*\ softema\ *|*\ k40qema\ *)
   captioner extract $(args k40) --device "$DEVICE" --storage int8 --quiet ;; esac
 case " $ARMS " in *flip\ *) captioner extract $(args k40flip) --device "$DEVICE" --storage int8 --mirror --quiet ;; esac
 case " $ARMS " in *tune*) captioner extract $(args k40tuneq) --device "$DEVICE" --storage int8 --quiet ;; esac

@@ -25,12 +25,13 @@
 # frozen grid with the proposal reading sg(F)), and with Polyak averaging of the weights (train.ema_decay
 # 0.999, the averaged weights validated, kept and scored): softema, k40qema, softtuneema, k40tuneqema.
 # Environment: ARMS (default "soft k40 k20"), SEEDS (default "0 1 2"), RUNS_AT_ONCE (3), DEVICE (cuda),
-# SPREAD_IMAGES (200), EXTRA_SETS (space-separated KEY=VALUE overrides for every run, e.g. a smoke run).
+# SPREAD_IMAGES (200), DECODES (yes; "no" skips step 3's decoding study: each run's own test decode stays),
+# EXTRA_SETS (space-separated KEY=VALUE overrides for every run, e.g. a smoke run).
 set -euo pipefail
-if [ $# -ne 3 ]; then sed -n 2,26p "$0"; exit 2; fi
+if [ $# -ne 3 ]; then sed -n 2,29p "$0"; exit 2; fi
 ROOT=$(cd "$1" && pwd); CACHE=$2; OUT=$3
 ARMS=${ARMS:-soft k40 k20}; SEEDS=${SEEDS:-0 1 2}; RUNS_AT_ONCE=${RUNS_AT_ONCE:-3}; DEVICE=${DEVICE:-cuda}
-SPREAD_IMAGES=${SPREAD_IMAGES:-200}
+SPREAD_IMAGES=${SPREAD_IMAGES:-200}; DECODES=${DECODES:-yes}
 [ -d "$ROOT/Flicker8k_Dataset" ] && [ -d "$ROOT/Flickr8k_text" ] || {
   echo "$ROOT: not a Flickr8k release folder (needs Flicker8k_Dataset/ and Flickr8k_text/)" >&2; exit 2; }
 for arm in $ARMS; do
@@ -89,11 +90,13 @@ pictures=""
 for arm in $ARMS; do for seed in $SEEDS; do
   run="$OUT/runs/$arm-s$seed"
   if [ "${arm#soft}" != "$arm" ]; then
+    [ "$DECODES" = no ] && continue
     python -m research.decoding_study "$run/model" $(args "$arm") --split val --device "$DEVICE" --settings 3:argmax \
       --captions-dir "$run/decodes-val" --out "$run/decodes-val/study.json" > /dev/null
     continue
   fi
   for split in val test; do
+    [ "$DECODES" = no ] && break
     python -m research.decoding_study "$run/model" $(args "$arm") --split $split --device "$DEVICE" \
       --settings 3:argmax,3:expected,3:marginal --captions-dir "$run/decodes-$split" \
       --out "$run/decodes-$split/study.json" > /dev/null

@@ -86,7 +86,7 @@ printf '%s\n' $jobs | xargs -r -P "$RUNS_AT_ONCE" -I {} bash -c '
     || { echo "$arm-s$seed failed: $OUT/runs/$arm-s$seed.log" >&2; exit 1; }' _ {}
 
 sort "$ROOT/Flickr8k_text/Flickr_8k.testImages.txt" | sed -n "1,${SPREAD_IMAGES}s#^#$ROOT/Flicker8k_Dataset/#p" > "$OUT/test-images.txt"  # sed reads to the end: no SIGPIPE for sort
-pictures=""
+pictures=""; spreads=""
 for arm in $ARMS; do for seed in $SEEDS; do
   run="$OUT/runs/$arm-s$seed"
   if [ "${arm#soft}" != "$arm" ]; then
@@ -101,12 +101,17 @@ for arm in $ARMS; do for seed in $SEEDS; do
       --settings 3:argmax,3:expected,3:marginal --captions-dir "$run/decodes-$split" \
       --out "$run/decodes-$split/study.json" > /dev/null
   done
-  for mode in argmax marginal; do
+  for mode in argmax marginal; do  # in the background, RUNS_AT_ONCE runs' at a time: waited for below
     python -m research.attention_spread "$run/model" $(cat "$OUT/test-images.txt") --limit "$SPREAD_IMAGES" \
-      --device "$DEVICE" --attention-mode $mode --out "$run/spread-$mode.json" > /dev/null
+      --device "$DEVICE" --attention-mode $mode --out "$run/spread-$mode.json" > /dev/null &
+    spreads="$spreads $!"
   done
+  if [ $(( $(echo $spreads | wc -w) / 2 )) -ge "$RUNS_AT_ONCE" ]; then
+    for pid in $spreads; do wait "$pid"; done; spreads=""  # set -e: a failed spread stops the script
+  fi
   [ -z "$pictures" ] && [ "$seed" = "$(echo $SEEDS | cut -d' ' -f1)" ] && pictures=$run
 done; done
+for pid in $spreads; do wait "$pid"; done
 if [ -n "$pictures" ]; then
   for mode in argmax marginal; do
     captioner caption "$pictures/model" $(head -4 "$OUT/test-images.txt") --device "$DEVICE" --attention-mode $mode \

@@ -65,10 +65,14 @@ def test_the_attention_script_refuses_bad_arguments(tmp_path):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_root, tmp_path):
-    out = _run_tiny("reproduce_flickr8k_attention.sh", flickr8k_root, tmp_path, ARMS="soft k40 k40flip k40tuneq", SEEDS="0",
+    out = _run_tiny("reproduce_flickr8k_attention.sh", flickr8k_root, tmp_path, ARMS="soft k40 k40flip k40tuneq k40qema", SEEDS="0",
                     EXTRA_SETS=TINY + " train.log_every=1")
     table = json.loads((out / "table.json").read_text())
-    assert sorted(table) == ["k40", "k40flip", "k40tuneq", "soft"]
+    assert sorted(table) == ["k40", "k40flip", "k40qema", "k40tuneq", "soft"]
+    ema_config = (out / "runs" / "k40qema-s0" / "config.yaml").read_text()
+    assert "ema_decay: 0.999" in ema_config and "proposal_encoder_gradient: false" in ema_config
+    assert "tune_to: ''" in ema_config
+    assert "ema_decay: 0.0" in (out / "runs" / "k40-s0" / "config.yaml").read_text()
     tune_config = (out / "runs" / "k40tuneq-s0" / "config.yaml").read_text()
     assert "tune_to: block20" in tune_config and "proposal_encoder_gradient: false" in tune_config
     assert json.loads((tmp_path / "cache" / "lite2-block14" / "manifest.json").read_text())["encoder"]["layer"] == "block14"

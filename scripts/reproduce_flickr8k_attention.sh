@@ -101,7 +101,7 @@ for arm in $ARMS; do for seed in $SEEDS; do
       --settings 3:argmax,3:expected,3:marginal --captions-dir "$run/decodes-$split" \
       --out "$run/decodes-$split/study.json" > /dev/null
   done
-  for mode in argmax marginal; do  # in the background, RUNS_AT_ONCE runs' at a time: waited for below
+  for mode in argmax marginal; do  # in the background; at most RUNS_AT_ONCE runs' spreads at once
     python -m research.attention_spread "$run/model" $(cat "$OUT/test-images.txt") --limit "$SPREAD_IMAGES" \
       --device "$DEVICE" --attention-mode $mode --out "$run/spread-$mode.json" > /dev/null &
     spreads="$spreads $!"

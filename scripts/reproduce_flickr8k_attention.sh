@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce issue 16's hard-attention studies on Flickr8k (eval/flickr8k/attention-study/lite2/README.md
-# lite2-flip-k80/README.md and lite2-tune/README.md): WS-RAM with K = 40 (and K = 20, K = 80) against
+# lite2-flip-k80/README.md, lite2-tune/README.md and lite2-tune-ema/README.md): WS-RAM with K = 40 (and K = 20, K = 80) against
 # soft attention on EfficientNet-Lite2 grids, with and without flip augmentation, with the backbone frozen
 # or its last six blocks trained, three seeds each, on any machine with a CUDA GPU.
 #
@@ -23,12 +23,14 @@
 # softtune, k40tune, k40tuneq (blocks 15-20 trained on a block-14 cache, model.encoder.tune_to; k40tuneq
 # with the proposal reading sg(F), estimator.proposal_encoder_gradient=false, as its config sets), k40q (the
 # frozen grid with the proposal reading sg(F)), and with Polyak averaging of the weights (train.ema_decay
-# 0.999, the averaged weights validated, kept and scored): softema, k40qema, softtuneema, k40tuneqema.
+# 0.999, the averaged weights validated, kept and scored): softema, k40qema, softtuneema, k40tuneqema (the
+# tune configs now set it: softtuneema and k40tuneqema are those configs as they are, while softtune,
+# k40tune and k40tuneq switch it off to redo lite2-tune/'s runs; lite2-tune-ema/README.md).
 # Environment: ARMS (default "soft k40 k20"), SEEDS (default "0 1 2"), RUNS_AT_ONCE (3), DEVICE (cuda),
 # SPREAD_IMAGES (200), DECODES (yes; "no" skips step 3's decoding study: each run's own test decode stays),
 # EXTRA_SETS (space-separated KEY=VALUE overrides for every run, e.g. a smoke run).
 set -euo pipefail
-if [ $# -ne 3 ]; then sed -n 2,29p "$0"; exit 2; fi
+if [ $# -ne 3 ]; then sed -n 2,31p "$0"; exit 2; fi
 ROOT=$(cd "$1" && pwd); CACHE=$2; OUT=$3
 ARMS=${ARMS:-soft k40 k20}; SEEDS=${SEEDS:-0 1 2}; RUNS_AT_ONCE=${RUNS_AT_ONCE:-3}; DEVICE=${DEVICE:-cuda}
 SPREAD_IMAGES=${SPREAD_IMAGES:-200}; DECODES=${DECODES:-yes}
@@ -48,6 +50,7 @@ SETS="--set data.features=$CACHE/lite2-block20 $BASE"
 TUNE="--set data.features=$CACHE/lite2-block14 $BASE"
 FLIP="--set data.flip_probability=0.5 --set data.mirrored_features=$CACHE/lite2-block20-mirror"
 EMA="--set train.ema_decay=0.999"
+NOEMA="--set train.ema_decay=0"  # the tune configs average the weights since lite2-tune-ema/; lite2-tune/'s runs did not
 SGF="--set estimator.proposal_encoder_gradient=false"
 args() {  # arm -> the config and its overrides
   case $1 in
@@ -57,9 +60,9 @@ args() {  # arm -> the config and its overrides
     k80) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS --set estimator.samples=80" ;;
     softflip) echo "--config eval/flickr8k/soft-lite2.yaml $SETS $FLIP" ;;
     k40flip) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS $FLIP" ;;
-    softtune) echo "--config eval/flickr8k/soft-lite2-tune.yaml $TUNE" ;;
-    k40tune) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE --set estimator.proposal_encoder_gradient=true" ;;
-    k40tuneq) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE" ;;
+    softtune) echo "--config eval/flickr8k/soft-lite2-tune.yaml $TUNE $NOEMA" ;;
+    k40tune) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE $NOEMA --set estimator.proposal_encoder_gradient=true" ;;
+    k40tuneq) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE $NOEMA" ;;
     k40q) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS $SGF" ;;
     softema) echo "--config eval/flickr8k/soft-lite2.yaml $SETS $EMA" ;;
     k40qema) echo "--config eval/flickr8k/wsram-lite2-k40.yaml $SETS $SGF $EMA" ;;
@@ -67,7 +70,7 @@ args() {  # arm -> the config and its overrides
     k40tuneqema) echo "--config eval/flickr8k/wsram-lite2-k40-tune.yaml $TUNE $EMA" ;;
   esac
 }
-export -f args; export SETS TUNE FLIP EMA SGF OUT
+export -f args; export SETS TUNE FLIP EMA NOEMA SGF OUT
 
 case " $ARMS " in *\ soft\ *|*\ k20\ *|*\ k40\ *|*\ k80\ *|*flip\ *|*\ k40q\ *|*\ softema\ *|*\ k40qema\ *)
   captioner extract $(args k40) --device "$DEVICE" --storage int8 --quiet ;; esac

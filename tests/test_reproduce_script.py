@@ -75,6 +75,7 @@ def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_roo
     assert "ema_decay: 0.0" in (out / "runs" / "k40-s0" / "config.yaml").read_text()
     tune_config = (out / "runs" / "k40tuneq-s0" / "config.yaml").read_text()
     assert "tune_to: block20" in tune_config and "proposal_encoder_gradient: false" in tune_config
+    assert "ema_decay: 0.0" in tune_config  # the arm redoes lite2-tune/'s runs; its config now averages
     assert json.loads((tmp_path / "cache" / "lite2-block14" / "manifest.json").read_text())["encoder"]["layer"] == "block14"
     assert table["k40tuneq"]["runs"][0]["spread"]["marginal"]["images"] == 4
     flip_config = (out / "runs" / "k40flip-s0" / "config.yaml").read_text()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce issue 16's hard-attention studies on Flickr8k (eval/flickr8k/attention-study/lite2/README.md
-# lite2-flip-k80/README.md, lite2-tune/README.md and lite2-tune-ema/README.md): WS-RAM with K = 40 (and K = 20, K = 80) against
+# Reproduce issue 16's hard-attention studies on Flickr8k (eval/flickr8k/attention-study/: lite2/, lite2-flip-k80/,
+# lite2-tune/ and lite2-tune-ema/, each with its README.md): WS-RAM with K = 40 (and K = 20, K = 80) against
 # soft attention on EfficientNet-Lite2 grids, with and without flip augmentation, with the backbone frozen
 # or its last six blocks trained, three seeds each, on any machine with a CUDA GPU.
 #

@@ -5,6 +5,8 @@
         --out eval/flickr8k/attention-study/lite2-flip-k80/scores.png
 
 Each TABLE.json[:ARM,ARM...] adds the named arms (all of the table's arms without a list), in that order.
+ARM=LABEL names an arm's bar LABEL in the picture, for two studies whose arms share a name (e.g.
+`lite2-tune-ema-ft03/table.json:softtuneema=soft-ft0.3`).
 One panel per metric (BLEU-4, CIDEr, METEOR; percent): a dot per seed, a bar at the mean and a line over
 the range, so a reader sees at once whether two arms' seeds overlap. A metric a run lacks (METEOR
 without Java) is left out of that run's panel, and a panel no run has is left out.
@@ -31,7 +33,8 @@ def load_arms(specs: list[str]) -> list[tuple[str, dict[str, list[float]]]]:
         except (OSError, json.JSONDecodeError) as error:
             raise SystemExit(f"{path}: not a readable seed_table --json file ({error})") from None
         wanted = [name for name in names.split(",") if name] or list(table)
-        for name in wanted:
+        for spec_name in wanted:
+            name, _, label = spec_name.partition("=")
             if name not in table or not isinstance(table[name], dict) or "runs" not in table[name]:
                 raise SystemExit(f"{path}: no arm {name!r} (arms: {', '.join(sorted(table))})")
             values: dict[str, list[float]] = {key: [] for key, _ in METRICS}
@@ -40,7 +43,7 @@ def load_arms(specs: list[str]) -> list[tuple[str, dict[str, list[float]]]]:
                     value = (run.get("scores") or {}).get(key)
                     if value is not None:
                         values[key].append(100.0 * float(value))
-            arms.append((name, values))
+            arms.append((label or name, values))
     if not arms:
         raise SystemExit("no arms to plot")
     return arms
@@ -74,7 +77,7 @@ def plot(arms: list[tuple[str, dict[str, list[float]]]], out: Path, title: str |
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tables", nargs="+", metavar="TABLE.json[:ARM,ARM...]")
+    parser.add_argument("tables", nargs="+", metavar="TABLE.json[:ARM[=LABEL],ARM...]")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title")
     args = parser.parse_args(argv)

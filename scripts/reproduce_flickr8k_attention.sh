@@ -28,7 +28,7 @@
 # k40tune and k40tuneq switch it off to redo lite2-tune/'s runs; lite2-tune-ema/README.md).
 # Environment: ARMS (default "soft k40 k20"), SEEDS (default "0 1 2"), RUNS_AT_ONCE (3), DEVICE (cuda),
 # SPREAD_IMAGES (200), DECODES (yes; "no" skips step 3's decoding study: each run's own test decode stays),
-# EXTRA_SETS (space-separated KEY=VALUE overrides for every run, e.g. a smoke run).
+# EXTRA_SETS (KEY=VALUE overrides for every run: lite2-tune-ema-ft03/ is model.encoder.fine_tune_lr_scale=0.3).
 set -euo pipefail
 if [ $# -ne 3 ]; then sed -n 2,31p "$0"; exit 2; fi
 ROOT=$(cd "$1" && pwd); CACHE=$2; OUT=$3

@@ -37,3 +37,13 @@ def test_an_unknown_arm_or_an_unreadable_table_is_refused_by_name(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(SystemExit, match="bad.json: not a readable"):
         plot_seed_tables.load_arms([str(tmp_path / "bad.json")])
+
+
+def test_an_arm_can_be_relabelled_so_that_two_studies_arms_of_one_name_stay_apart(tmp_path):
+    first = _table(tmp_path / "a.json", {"soft": [{"Bleu_4": 0.21}]})
+    second = _table(tmp_path / "b.json", {"soft": [{"Bleu_4": 0.19}], "k40": [{"Bleu_4": 0.2}]})
+    arms = plot_seed_tables.load_arms([f"{first}:soft", f"{second}:soft=soft-ft0.3,k40"])
+    assert [name for name, _ in arms] == ["soft", "soft-ft0.3", "k40"]
+    assert arms[1][1]["Bleu_4"] == pytest.approx([19.0])
+    with pytest.raises(SystemExit, match="no arm 'k80'"):
+        plot_seed_tables.load_arms([f"{second}:k80=x"])

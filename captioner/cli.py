@@ -122,9 +122,13 @@ def command_extract(args: argparse.Namespace) -> int:
     report = run_extraction(config, out, storage=args.storage, shard_size=args.shard_size, batch_size=batch_size,
                             device=device, workers=args.workers, decoder=decoder, progress=not args.quiet,
                             options=options, early_cuda=args.early_cuda, mirror=args.mirror)
-    print(f"{report.images} images: {report.written} encoded in this run ({report.images_per_second:.1f} images/s, "
-          f"{report.images_per_second_after_first_batch:.1f} after the first batch's {report.first_batch_seconds:.2f} s; "
-          f"decoder {report.decoder}), {report.shards_skipped} shard(s) already done; {report.skipped.summary()}")
+    if report.written:
+        speed = (f"{report.images_per_second:.1f} images/s, {report.images_per_second_after_first_batch:.1f} after the "
+                 f"first batch's {report.first_batch_seconds:.2f} s; decoder {report.decoder}")
+    else:
+        speed = "nothing left to encode"
+    print(f"{report.images} images: {report.written} encoded in this run ({speed}), {report.shards_skipped} shard(s) "
+          f"already done; {report.skipped.summary()}")
     for path, problem in report.damaged.items():
         print(f"  redid a damaged shard: {path}: {problem}")
     print(f"wrote {out}/manifest.json and {out}/extraction.json")

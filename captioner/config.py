@@ -211,10 +211,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     # Polyak averaging: keep an exponential moving average of the parameters, updated after every
-    # update with decay min(ema_decay, (1 + n) / (10 + n)) at update n (so early averages do not
+    # update with decay min(ema_decay, (1 + n) / (ema_warmup + n)) at update n (so early averages do not
     # remember the initial weights), and validate, pick best.pt by, export and score those averaged
     # weights; training itself runs on the live parameters, unchanged. 0: off (the live weights).
     ema_decay: float = 0.0
+    # Until the cap ema_decay binds, the average spans about the last 1 / (ema_warmup - 1) of the
+    # updates: 10, the last ninth; 4, the last third. Must exceed 1. With ema_decay 0.999 the cap binds
+    # only after about 9,000 updates, so on a Flickr8k budget (2,256) this constant alone sets the span.
+    ema_warmup: float = 10.0
     seed: int = 0
     device: str = "cpu"  # under torchrun, "cuda" puts each process on its own GPU, cuda:LOCAL_RANK
     bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
@@ -565,6 +569,9 @@ def validate(config: ExperimentConfig) -> None:
     positive("train.grad_clip", t.grad_clip)
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must lie in [0, 1) (0: no averaging), got {t.ema_decay}")
+    if not t.ema_warmup > 1.0:
+        raise ConfigError(f"train.ema_warmup: must exceed 1 (10: the average spans the last ninth of the updates), "
+                          f"got {t.ema_warmup}")
     if t.device != "cpu" and not t.device.startswith("cuda"):
         raise ConfigError(f"train.device: must be 'cpu', 'cuda' or 'cuda:N', got {t.device!r}")
     probability("data.flip_probability", config.data.flip_probability)

@@ -314,7 +314,7 @@ class Trainer:
             shard_images=not _normalises_with_batch_statistics(self.model.encoder),
             flip_probability=self._flip_probability(train))
         # train.ema_decay: the moving average of the parameters that validation, best.pt and the export use
-        self.average = ParameterAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.average = ParameterAverage(self.model, t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
         self._noise_generator = torch.Generator(device=self.device)
         self._host_generator = torch.Generator()
         # The update in CUDA graphs (None: eager); _share is the randomness of the update in flight.

@@ -146,3 +146,25 @@ def test_the_average_copies_in_and_out_of_the_same_storage():
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="does not fit the model"):
         average.load_state_dict({"weight": model.weight.detach()})
+
+
+def test_the_warmup_constant_sets_the_span_of_the_average(tmp_path):
+    """train.ema_warmup w: d_n = min(ema_decay, (1 + n) / (w + n)); the trainer's average follows it, a
+    smaller w gives the live weights less weight per update, and w <= 1 is refused by name."""
+    assert average_decay(0.999, 5, 4.0) == pytest.approx(6 / 9)
+    assert average_decay(0.999, 5) == pytest.approx(6 / 15)
+    assert average_decay(0.999, 10 ** 6, 4.0) == 0.999
+    assert all(average_decay(0.999, n, 4.0) > average_decay(0.999, n) for n in range(1, 5000))
+    trainer = Trainer(tiny_config("wsram", EMA, "train.ema_warmup=4", "train.max_steps=4"), tmp_path / "w4")
+    expected = [p.detach().double().clone() for p in trainer.model.parameters() if p.requires_grad]
+    trajectory = _Trajectory()
+    trainer.train([trajectory])
+    for n, live in enumerate(trajectory.parameters, start=1):
+        d = min(0.9, (1 + n) / (4 + n))
+        expected = [d * a + (1 - d) * p.double() for a, p in zip(expected, live)]
+    for average, reference in zip(trainer.average.average, expected):
+        torch.testing.assert_close(average.double(), reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="train.ema_warmup"):
+        tiny_config("wsram", EMA, "train.ema_warmup=1")
+    with pytest.raises(ValueError, match="exceed 1"):
+        ParameterAverage(torch.nn.Linear(2, 2), 0.9, warmup=0.5)

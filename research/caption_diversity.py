@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import statistics
 from pathlib import Path
 
 from captioner.data.ptb import ptb_tokenize_many
-
-SEED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
+from captioner.data.sources import read_flickr8k
+from research.seed_table import SEED  # run folders ARM-sN, grouped into arms as the seed tables group them
 
 
 def run_diversity(captions: list[str], training: set[str] | None = None) -> dict:
@@ -64,8 +63,6 @@ def read_run(run: Path) -> list[str]:
 
 
 def training_captions(root: Path) -> set[str]:
-    from captioner.data.sources import read_flickr8k
-
     texts = [text for record in read_flickr8k(root).splits["train"] for text in record.captions]
     return set(ptb_tokenize_many(texts))
 

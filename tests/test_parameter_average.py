@@ -28,18 +28,27 @@ class _Trajectory(TrainerCallback):
         self.parameters.append([p.detach().clone() for p in trainer.model.parameters() if p.requires_grad])
 
 
+def _average_by_hand(initial: list[torch.Tensor], trajectory: list[list[torch.Tensor]], ema_decay: float,
+                     warmup: float) -> list[torch.Tensor]:
+    """a_n = d_n a_{n-1} + (1 - d_n) theta_n from a_0 = theta_0, d_n = min(ema_decay, (1 + n) / (warmup + n)),
+    in float64 (written out here, not taken from captioner.averaging)."""
+    expected = [p.double() for p in initial]
+    for n, live in enumerate(trajectory, start=1):
+        d = min(ema_decay, (1 + n) / (warmup + n))
+        expected = [d * a + (1 - d) * p.double() for a, p in zip(expected, live)]
+    return expected
+
+
 def test_the_average_follows_the_formula_over_the_live_trajectory(tmp_path):
     """After n updates the average is the recursion a_n = d_n a_{n-1} + (1 - d_n) theta_n from a_0 = theta_0,
     with d_n = min(ema_decay, (1 + n) / (10 + n)), computed here by hand in float64."""
     trainer = Trainer(tiny_config("wsram", EMA, "train.max_steps=5"), tmp_path)
-    expected = [p.detach().double().clone() for p in trainer.model.parameters() if p.requires_grad]
+    initial = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
     trajectory = _Trajectory()
     trainer.train([trajectory])
     assert len(trajectory.parameters) == 5
-    for n, live in enumerate(trajectory.parameters, start=1):
-        d = min(0.9, (1 + n) / (10 + n))
-        assert d == average_decay(0.9, n)
-        expected = [d * a + (1 - d) * p.double() for a, p in zip(expected, live)]
+    assert all(average_decay(0.9, n) == min(0.9, (1 + n) / (10 + n)) for n in range(1, 6))
+    expected = _average_by_hand(initial, trajectory.parameters, 0.9, 10.0)
     for average, reference in zip(trainer.average.average, expected):
         torch.testing.assert_close(average.double(), reference, rtol=1e-5, atol=1e-6)
     # the average is not the live weights (training moved them), and the decay has its warm-up
@@ -156,12 +165,11 @@ def test_the_warmup_constant_sets_the_span_of_the_average(tmp_path):
     assert average_decay(0.999, 10 ** 6, 4.0) == 0.999
     assert all(average_decay(0.999, n, 4.0) > average_decay(0.999, n) for n in range(1, 5000))
     trainer = Trainer(tiny_config("wsram", EMA, "train.ema_warmup=4", "train.max_steps=4"), tmp_path / "w4")
-    expected = [p.detach().double().clone() for p in trainer.model.parameters() if p.requires_grad]
+    initial = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
     trajectory = _Trajectory()
     trainer.train([trajectory])
-    for n, live in enumerate(trajectory.parameters, start=1):
-        d = min(0.9, (1 + n) / (4 + n))
-        expected = [d * a + (1 - d) * p.double() for a, p in zip(expected, live)]
+    assert len(trajectory.parameters) == 4
+    expected = _average_by_hand(initial, trajectory.parameters, 0.9, 4.0)
     for average, reference in zip(trainer.average.average, expected):
         torch.testing.assert_close(average.double(), reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="train.ema_warmup"):

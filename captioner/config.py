@@ -119,6 +119,11 @@ class EncoderConfig:
     # reads `tune_to`'s. "" = none (the decoder reads `layer`'s grid, the backbone stays frozen).
     tune_to: str = ""
     feature_dropout: float = 0.0  # dropout on the adapted feature vectors while training (backbones)
+    # A wider glimpse, as RAM's retina sees around its fixation: r > 0 adds to each location's vector
+    # a learned linear map (zero at the start) of the mean of the (2r + 1) x (2r + 1) cells around it
+    # (those inside the grid), so one hard glimpse also carries its neighbourhood. The attention still
+    # picks one location; soft attention reads the same widened grid. 0: the cell alone (as before).
+    glimpse_context: int = 0
 
 
 @dataclass
@@ -522,6 +527,7 @@ def validate(config: ExperimentConfig) -> None:
         _check_tune_to(m.encoder)
     positive("model.encoder.image_size", m.encoder.image_size)
     positive("model.encoder.fine_tune_lr_scale", m.encoder.fine_tune_lr_scale)
+    non_negative("model.encoder.glimpse_context", m.encoder.glimpse_context)
     positive("data.scenes.min_objects", scenes.min_objects)
     if scenes.max_objects < scenes.min_objects:
         raise ConfigError(f"data.scenes.max_objects: must be >= data.scenes.min_objects ({scenes.min_objects}), "

@@ -29,7 +29,7 @@
 # Environment: ARMS (default "soft k40 k20"), SEEDS (default "0 1 2"), RUNS_AT_ONCE (3), DEVICE (cuda),
 # SPREAD_IMAGES (200), DECODES (yes; "no" skips step 3's decoding study: each run's own test decode stays),
 # EXTRA_SETS (KEY=VALUE overrides for every run: lite2-tune-ema-ft03/ is model.encoder.fine_tune_lr_scale=0.3,
-# lite2-tune-ema-w4/ is train.ema_warmup=4).
+# lite2-tune-ema-w4/ is train.ema_warmup=4; model.encoder.glimpse_context=1 widens every glimpse to 3 x 3 cells).
 set -euo pipefail
 if [ $# -ne 3 ]; then sed -n 2,32p "$0"; exit 2; fi
 ROOT=$(cd "$1" && pwd); CACHE=$2; OUT=$3

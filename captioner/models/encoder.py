@@ -4,8 +4,40 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from captioner.config import EncoderConfig
+
+
+class GlimpseContext(nn.Module):
+    """A wider glimpse (model.encoder.glimpse_context = r): F_i + W m_i, where m_i is the mean of the
+    grid's cells within r rows and r columns of cell i (those inside the grid: corner cells average
+    fewer). W starts at zero, so a new model begins with each location holding its cell alone; what
+    the neighbourhood adds is learned. features (N, L, D), L = grid * grid in row-major order."""
+
+    def __init__(self, dim: int, grid: int, radius: int):
+        super().__init__()
+        if radius < 1:
+            raise ValueError(f"glimpse_context: the radius must be >= 1, got {radius}")
+        self.grid, self.radius = grid, radius
+        self.mix = nn.Linear(dim, dim)
+        nn.init.zeros_(self.mix.weight)
+        nn.init.zeros_(self.mix.bias)
+
+    def neighbourhood_mean(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, L, D) -> (N, L, D): each cell's mean over its (2r + 1) x (2r + 1) window within the grid."""
+        n, cells, dim = features.shape
+        g = self.grid
+        if cells != g * g:
+            raise ValueError(f"glimpse_context: expected {g * g} locations ({g} x {g}), got {cells}")
+        maps = features.transpose(1, 2).reshape(n, dim, g, g)
+        # a window wider than the grid is the whole grid: clip the kernel (avg_pool2d's padding limit)
+        r = min(self.radius, g - 1)
+        pooled = F.avg_pool2d(maps, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+        return pooled.flatten(2).transpose(1, 2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features + self.mix(self.neighbourhood_mean(features))
 
 class SmallConvEncoder(nn.Module):
     """A small CNN trained jointly with the captioner, applied to each cell of a grid x grid layout.
@@ -35,6 +67,8 @@ class SmallConvEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.project = nn.Conv2d(d, d, 1)
         self.norm = nn.LayerNorm(d) if config.normalize_features else None
+        # built only when on, so that models without it draw the same initial weights as before
+        self.context = GlimpseContext(d, config.grid, config.glimpse_context) if config.glimpse_context else None
         num_locations = config.grid * config.grid
         self.position = nn.Parameter(torch.zeros(1, num_locations, d)) if config.position_embedding else None
         if self.position is not None:
@@ -56,6 +90,8 @@ class SmallConvEncoder(nn.Module):
         features = pooled.view(n, g * g, self.feature_dim)  # (N, L, D)
         if self.norm is not None:
             features = self.norm(features)
+        if self.context is not None:
+            features = self.context(features)
         if self.position is not None:
             features = features + self.position
         return features
@@ -71,8 +107,9 @@ class PretrainedGridEncoder(nn.Module):
 
     images (N, 3, S, S) uint8 RGB -> backbone grid (N, L, C) -> adapter -> (N, L, D). Training from
     a feature cache skips the backbone and feeds the cached grid to `adapt`. The adapter (LayerNorm
-    over C, a linear map to D = feature_dim, learned position codes) is what the captioner learns
-    on top of a frozen backbone; LayerNorm puts grids of any backbone on one scale. With
+    over C, a linear map to D = feature_dim, the glimpse context when on, learned position codes) is
+    what the captioner learns on top of a frozen backbone; LayerNorm puts grids of any backbone on
+    one scale. With
     `tune_to` (EfficientNet-Lite), the adapter starts with copies of the backbone's blocks after the
     tap, up to `tune_to`, trained with the rest: the cache holds the tap's grid, the decoder reads
     the grid of `tune_to`."""
@@ -97,6 +134,8 @@ class PretrainedGridEncoder(nn.Module):
         self.norm = nn.LayerNorm(out.channels)
         self.project = nn.Linear(out.channels, config.feature_dim)
         self.dropout = nn.Dropout(config.feature_dropout)
+        self.context = (GlimpseContext(config.feature_dim, out.grid, config.glimpse_context)
+                        if config.glimpse_context else None)
         self.position = None
         if config.position_embedding:
             self.position = nn.Parameter(torch.zeros(1, out.grid * out.grid, config.feature_dim))
@@ -136,7 +175,10 @@ class PretrainedGridEncoder(nn.Module):
                                  f"of {self.backbone.spec.layer}, got {tuple(grid.shape)}")
             maps = self.tuned(grid.transpose(1, 2).reshape(n, channels, side, side))
             grid = maps.flatten(2).transpose(1, 2)
-        features = self.dropout(self.project(self.norm(grid)))
+        features = self.project(self.norm(grid))
+        if self.context is not None:
+            features = self.context(features)
+        features = self.dropout(features)
         if self.position is not None:
             features = features + self.position
         return features

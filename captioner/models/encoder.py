@@ -39,6 +39,7 @@ class GlimpseContext(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features + self.mix(self.neighbourhood_mean(features))
 
+
 class SmallConvEncoder(nn.Module):
     """A small CNN trained jointly with the captioner, applied to each cell of a grid x grid layout.
 
@@ -109,10 +110,9 @@ class PretrainedGridEncoder(nn.Module):
     a feature cache skips the backbone and feeds the cached grid to `adapt`. The adapter (LayerNorm
     over C, a linear map to D = feature_dim, the glimpse context when on, learned position codes) is
     what the captioner learns on top of a frozen backbone; LayerNorm puts grids of any backbone on
-    one scale. With
-    `tune_to` (EfficientNet-Lite), the adapter starts with copies of the backbone's blocks after the
-    tap, up to `tune_to`, trained with the rest: the cache holds the tap's grid, the decoder reads
-    the grid of `tune_to`."""
+    one scale. With `tune_to` (EfficientNet-Lite), the adapter starts with copies of the backbone's
+    blocks after the tap, up to `tune_to`, trained with the rest: the cache holds the tap's grid, the
+    decoder reads the grid of `tune_to`."""
 
     def __init__(self, config: EncoderConfig, pretrained: bool | None = None):
         super().__init__()

@@ -15,6 +15,11 @@ them (captioner.data.ptb). For each class of words below (`CLASSES`) and each ru
 BLEU and CIDEr weigh all n-grams together; this tells whether a model loses on what one glimpse can
 see (a colour, a garment) or on what takes the whole picture (the setting, how many). Prints a
 markdown table (each arm's mean and min..max over its seeds); --json writes every number.
+
+--compare A B adds a paired bootstrap over the test images, as research/paired_bootstrap.py does for
+BLEU-4 and CIDEr: each draw takes the 1,000 test images with replacement, the same draw for both arms
+and all their seeds, and recomputes each arm's seed-mean precision and recall. It says how far a
+difference could move with another test set of the same size, not how far with other seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import collections
 import json
 import statistics
 from pathlib import Path
+
+import numpy as np
 
 from captioner.data.ptb import ptb_tokenize_many
 from captioner.data.sources import read_flickr8k
@@ -56,8 +63,8 @@ def image_counts(caption: list[str], references: list[list[str]], words: frozens
     return len(said), len(said & set(support)), len(agreed), len(agreed & said)
 
 
-def run_classes(captions: dict[str, str], references: dict[str, list[str]], agree: int = 2) -> dict:
-    """The numbers of one run: captions and references by image id, raw text."""
+def image_table(captions: dict[str, str], references: dict[str, list[str]], agree: int = 2) -> tuple[list[str], np.ndarray]:
+    """Per image (sorted ids) and class (CLASSES' order), `image_counts`: an (images, classes, 4) array."""
     missing = sorted(set(captions) - set(references))
     if missing:
         raise ValueError(f"{len(missing)} captioned images have no references (e.g. {missing[0]!r}): "
@@ -66,18 +73,60 @@ def run_classes(captions: dict[str, str], references: dict[str, list[str]], agre
         raise ValueError("no captions to measure")
     ids = sorted(captions)
     tokens = ptb_tokenize_many([captions[i] for i in ids])
-    flat = [r for i in ids for r in references[i]]
-    tokenised = iter(ptb_tokenize_many(flat))
+    tokenised = iter(ptb_tokenize_many([r for i in ids for r in references[i]]))
     refs = {i: [next(tokenised).split() for _ in references[i]] for i in ids}
+    classes = [frozenset(words) for words in CLASSES.values()]
+    table = np.array([[image_counts(caption.split(), refs[i], words, agree) for words in classes]
+                      for i, caption in zip(ids, tokens)], dtype=np.int64)
+    return ids, table
+
+
+def _rates(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., classes, 4) summed counts -> precision and recall (..., classes); nan where nothing to divide."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums[..., 1] / sums[..., 0], sums[..., 3] / sums[..., 2]
+
+
+def run_classes(captions: dict[str, str], references: dict[str, list[str]], agree: int = 2) -> dict:
+    """The numbers of one run: captions and references by image id, raw text."""
+    _, table = image_table(captions, references, agree)
+    sums = table.sum(0)
+    precision, recall = _rates(sums)
+    return {name: {"used": int(sums[c, 0]),
+                   "precision": None if np.isnan(precision[c]) else float(precision[c]),
+                   "recall": None if np.isnan(recall[c]) else float(recall[c])}
+            for c, name in enumerate(CLASSES)}
+
+
+def paired_bootstrap(a: list[np.ndarray], b: list[np.ndarray], samples: int = 2000, seed: int = 0) -> dict:
+    """Arm a minus arm b (each a list of its seeds' `image_table`s over the same images): per class, the
+    observed difference of the seed-mean precision and recall, its 95% percentile interval over
+    bootstrap draws of the test images (one draw for both arms and all their seeds), and the share of
+    draws in which a >= b."""
+    images = a[0].shape[0]
+    if any(t.shape != a[0].shape for t in a + b):
+        raise ValueError("the runs compared must caption the same test images")
+    draws = np.random.default_rng(seed).integers(0, images, size=(samples, images))
+    weights = np.zeros((samples, images))
+    np.add.at(weights, (np.arange(samples)[:, None], draws), 1.0)
+
+    def arm(tables: list[np.ndarray], w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rates = [_rates(np.einsum("si,ick->sck", w, t.astype(float))) for t in tables]
+        return np.mean([r[0] for r in rates], 0), np.mean([r[1] for r in rates], 0)
+
+    observed = [x - y for x, y in zip(arm(a, np.ones((1, images))), arm(b, np.ones((1, images))))]
+    sampled = [x - y for x, y in zip(arm(a, weights), arm(b, weights))]
     result = {}
-    for name, words in CLASSES.items():
-        words = frozenset(words)
-        used = supported = agreed = found = 0
-        for i, caption in zip(ids, tokens):
-            counts = image_counts(caption.split(), refs[i], words, agree)
-            used, supported, agreed, found = (a + b for a, b in zip((used, supported, agreed, found), counts))
-        result[name] = {"used": used, "precision": supported / used if used else None,
-                        "recall": found / agreed if agreed else None}
+    for c, name in enumerate(CLASSES):
+        result[name] = {}
+        for key, obs, draw in zip(("precision", "recall"), observed, sampled):
+            values = draw[:, c][~np.isnan(draw[:, c])]
+            if np.isnan(obs[0, c]) or not values.size:  # a class neither arm's captions (or references) hold
+                result[name][key] = None
+                continue
+            result[name][key] = {"difference": float(obs[0, c]),
+                                 "low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5)),
+                                 "a_at_least_b": float(np.mean(values >= 0))}
     return result
 
 
@@ -94,7 +143,9 @@ def read_captions(run: Path) -> dict[str, str]:
         raise SystemExit(f"{path}: not a list of {{'image_id', 'caption'}} records ({error})") from error
 
 
-def summarize(runs: list[Path], references: dict[str, list[str]], agree: int = 2) -> dict:
+def summarize(runs: list[Path], references: dict[str, list[str]], agree: int = 2,
+              tables: dict[str, list[np.ndarray]] | None = None) -> dict:
+    """Each arm's runs, mean, min and max; `tables`, when given, receives each arm's per-image tables."""
     names = collections.Counter(run.name for run in runs)
     twice = sorted(name for name, count in names.items() if count > 1)
     if twice:
@@ -103,8 +154,10 @@ def summarize(runs: list[Path], references: dict[str, list[str]], agree: int = 2
     for run in sorted(runs):
         match = SEED.match(run.name)
         arm, seed = (match["arm"], int(match["seed"])) if match else (run.name, None)
-        arms.setdefault(arm, {"runs": {}})["runs"][run.name] = {"seed": seed,
-                                                               **run_classes(read_captions(run), references, agree)}
+        captions = read_captions(run)
+        arms.setdefault(arm, {"runs": {}})["runs"][run.name] = {"seed": seed, **run_classes(captions, references, agree)}
+        if tables is not None:
+            tables.setdefault(arm, []).append(image_table(captions, references, agree)[1])
     for arm in arms.values():
         rows = list(arm["runs"].values())
         arm["mean"], arm["min"], arm["max"] = {}, {}, {}
@@ -139,13 +192,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, required=True, help="the Flickr8k release folder (the references)")
     parser.add_argument("--agree", type=int, default=2, help="references that must use a word for recall (of 5)")
     parser.add_argument("--json", type=Path, help="write every number here")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="two arms: a paired bootstrap of A minus B over the test images")
+    parser.add_argument("--samples", type=int, default=2000, help="bootstrap draws (--compare)")
     args = parser.parse_args(argv)
     if args.agree < 1:
         parser.error(f"--agree must be at least 1, got {args.agree}")
-    arms = summarize(args.runs, reference_captions(args.root), args.agree)
+    tables: dict[str, list[np.ndarray]] = {}
+    arms = summarize(args.runs, reference_captions(args.root), args.agree, tables)
     print(markdown(arms))
+    output = {"agree": args.agree, "classes": CLASSES, "arms": arms}
+    if args.compare:
+        a, b = args.compare
+        unknown = [arm for arm in (a, b) if arm not in arms]
+        if unknown:
+            parser.error(f"--compare: no arm {unknown[0]!r} among the runs ({', '.join(arms)})")
+        comparison = paired_bootstrap(tables[a], tables[b], args.samples)
+        output["comparison"] = {"a": a, "b": b, "samples": args.samples, "classes": comparison}
+        print(f"\n{a} minus {b}, percentage points (95% interval over {args.samples} draws of the test images; "
+              f"share of draws with {a} >= {b}):\n")
+        print("| class | precision | recall |\n| --- | --- | --- |")
+        for name, row in comparison.items():
+            cells = ["-" if r is None else f"{100 * r['difference']:+.1f} ({100 * r['low']:+.1f}..{100 * r['high']:+.1f}; "
+                     f"{100 * r['a_at_least_b']:.0f}%)" for r in (row["precision"], row["recall"])]
+            print(f"| {name} | {cells[0]} | {cells[1]} |")
     if args.json:
-        args.json.write_text(json.dumps({"agree": args.agree, "classes": CLASSES, "arms": arms}, indent=1) + "\n")
+        args.json.write_text(json.dumps(output, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from research import word_classes
@@ -65,3 +66,41 @@ def test_bad_run_folders_are_named(tmp_path):
         word_classes.read_captions(bad)
     with pytest.raises(SystemExit, match="no test_captions.json"):
         word_classes.read_captions(tmp_path)
+
+
+def test_the_paired_bootstrap_of_two_arms():
+    def table(*rows):  # per image, one class given, the others empty
+        out = np.zeros((len(rows), len(word_classes.CLASSES), 4), dtype=np.int64)
+        out[:, 0] = rows
+        return out
+
+    right = table([1, 1, 1, 1], [2, 2, 1, 1], [1, 1, 1, 1])  # every colour said is in a reference, every agreed one said
+    wrong = table([1, 0, 1, 0], [2, 0, 1, 0], [1, 0, 1, 0])
+    result = word_classes.paired_bootstrap([right], [wrong], samples=200)
+    colour = result["colour"]
+    assert colour["precision"] == {"difference": 1.0, "low": 1.0, "high": 1.0, "a_at_least_b": 1.0}
+    assert colour["recall"]["difference"] == 1.0 and colour["recall"]["a_at_least_b"] == 1.0
+    # two seeds: the arm's rate is the mean of its seeds' rates, observed on the whole set
+    mixed = word_classes.paired_bootstrap([right, wrong], [wrong], samples=200)["colour"]["precision"]
+    assert mixed["difference"] == pytest.approx(0.5) and mixed["low"] == pytest.approx(0.5)
+    # the same arm against itself: no difference in any draw
+    same = word_classes.paired_bootstrap([right], [right], samples=50)["colour"]["precision"]
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "a_at_least_b": 1.0}
+    with pytest.raises(ValueError, match="same test images"):
+        word_classes.paired_bootstrap([right], [right[:2]])
+
+
+def test_compare_on_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(word_classes, "reference_captions", lambda root: REFERENCES)
+    a = _run(tmp_path / "soft-s0", {"img0": "a brown dog on the grass", "img1": "a man in red in the snow"})
+    b = _run(tmp_path / "wsram-s0", {"img0": "a black dog in the water", "img1": "a man in the snow"})
+    word_classes.main([str(a), str(b), "--root", "x", "--compare", "soft", "wsram", "--samples", "100",
+                       "--json", str(tmp_path / "w.json")])
+    out = capsys.readouterr().out
+    assert "soft minus wsram" in out and "| setting | +50.0" in out
+    comparison = json.loads((tmp_path / "w.json").read_text())["comparison"]
+    assert comparison["a"] == "soft" and comparison["samples"] == 100
+    assert comparison["classes"]["colour"]["precision"]["difference"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit):
+        word_classes.main([str(a), str(b), "--root", "x", "--compare", "soft", "var"])
+    assert "no arm 'var'" in capsys.readouterr().err

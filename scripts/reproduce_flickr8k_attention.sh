@@ -18,7 +18,8 @@
 #      glimpse (research/decoding_study.py), where the prior looks on the first SPREAD_IMAGES test
 #      images (research/attention_spread.py), and attention pictures of the first WS-RAM seed-0 model;
 #   4. where Java is installed, METEOR and the Java tokenizer (research/score_flickr8k_runs.py);
-#   5. the table over seeds (research/seed_table.py) to OUT_DIR/table.md and table.json.
+#   5. the table over seeds (research/seed_table.py) to OUT_DIR/table.md and table.json, and the kinds of
+#      words each arm gets right (research/word_classes.py) to OUT_DIR/word_classes.md and .json.
 # Arms: soft, k20, k40, k80 (WS-RAM with K samples), softflip, k40flip (data.flip_probability 0.5),
 # softtune, k40tune, k40tuneq (blocks 15-20 trained on a block-14 cache, model.encoder.tune_to; k40tuneq
 # with the proposal reading sg(F), estimator.proposal_encoder_gradient=false, as its config sets), k40q (the
@@ -31,7 +32,7 @@
 # EXTRA_SETS (KEY=VALUE overrides for every run: lite2-tune-ema-ft03/ is model.encoder.fine_tune_lr_scale=0.3,
 # lite2-tune-ema-w4/ is train.ema_warmup=4; model.encoder.glimpse_context=1 widens every glimpse to 3 x 3 cells).
 set -euo pipefail
-if [ $# -ne 3 ]; then sed -n 2,32p "$0"; exit 2; fi
+if [ $# -ne 3 ]; then sed -n 2,33p "$0"; exit 2; fi
 ROOT=$(cd "$1" && pwd); CACHE=$2; OUT=$3
 ARMS=${ARMS:-soft k40 k20}; SEEDS=${SEEDS:-0 1 2}; RUNS_AT_ONCE=${RUNS_AT_ONCE:-3}; DEVICE=${DEVICE:-cuda}
 SPREAD_IMAGES=${SPREAD_IMAGES:-200}; DECODES=${DECODES:-yes}
@@ -129,5 +130,6 @@ else
   echo "no Java: METEOR left out (score later with python -m research.score_flickr8k_runs $OUT/runs/* --root $ROOT)"
 fi
 python -m research.seed_table "$OUT"/runs/*/ --json "$OUT/table.json" > "$OUT/table.md"
+python -m research.word_classes "$OUT"/runs/*/ --root "$ROOT" --json "$OUT/word_classes.json" > "$OUT/word_classes.md"
 cat "$OUT/table.md"
-echo "done: $OUT/table.md, $OUT/table.json, $OUT/runs/"
+echo "done: $OUT/table.md, $OUT/table.json, $OUT/word_classes.md, $OUT/runs/"

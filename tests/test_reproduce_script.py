@@ -92,5 +92,7 @@ def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_roo
         assert [r["attention_mode"] for r in rows] == ["argmax", "expected", "marginal"]
     assert len(list((out / "runs" / "k40-s0" / "pictures" / "marginal").glob("*.png"))) == 4
     assert "| k40 | 0 |" in (out / "table.md").read_text()
+    kinds = json.loads((out / "word_classes.json").read_text())["arms"]
+    assert sorted(kinds) == sorted(table) and "colour" in kinds["k40"]["runs"]["k40-s0"]
     if shutil.which("java"):
         assert (out / "test_scores_java.json").is_file()

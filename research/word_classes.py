@@ -63,7 +63,8 @@ def image_counts(caption: list[str], references: list[list[str]], words: frozens
     return len(said), len(said & set(support)), len(agreed), len(agreed & said)
 
 
-def image_table(captions: dict[str, str], references: dict[str, list[str]], agree: int = 2) -> tuple[list[str], np.ndarray]:
+def image_table(captions: dict[str, str], references: dict[str, list[str]],
+                agree: int = 2) -> tuple[list[str], np.ndarray]:
     """Per image (sorted ids) and class (CLASSES' order), `image_counts`: an (images, classes, 4) array."""
     missing = sorted(set(captions) - set(references))
     if missing:
@@ -89,7 +90,11 @@ def _rates(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def run_classes(captions: dict[str, str], references: dict[str, list[str]], agree: int = 2) -> dict:
     """The numbers of one run: captions and references by image id, raw text."""
-    _, table = image_table(captions, references, agree)
+    return table_classes(image_table(captions, references, agree)[1])
+
+
+def table_classes(table: np.ndarray) -> dict:
+    """Per class: words used, precision and recall (None where there is nothing to divide)."""
     sums = table.sum(0)
     precision, recall = _rates(sums)
     return {name: {"used": int(sums[c, 0]),
@@ -144,8 +149,8 @@ def read_captions(run: Path) -> dict[str, str]:
 
 
 def summarize(runs: list[Path], references: dict[str, list[str]], agree: int = 2,
-              tables: dict[str, list[np.ndarray]] | None = None) -> dict:
-    """Each arm's runs, mean, min and max; `tables`, when given, receives each arm's per-image tables."""
+              tables: dict[str, list[tuple[list[str], np.ndarray]]] | None = None) -> dict:
+    """Each arm's runs, mean, min and max; `tables`, when given, receives each arm's `image_table`s."""
     names = collections.Counter(run.name for run in runs)
     twice = sorted(name for name, count in names.items() if count > 1)
     if twice:
@@ -154,10 +159,10 @@ def summarize(runs: list[Path], references: dict[str, list[str]], agree: int = 2
     for run in sorted(runs):
         match = SEED.match(run.name)
         arm, seed = (match["arm"], int(match["seed"])) if match else (run.name, None)
-        captions = read_captions(run)
-        arms.setdefault(arm, {"runs": {}})["runs"][run.name] = {"seed": seed, **run_classes(captions, references, agree)}
+        ids, table = image_table(read_captions(run), references, agree)
+        arms.setdefault(arm, {"runs": {}})["runs"][run.name] = {"seed": seed, **table_classes(table)}
         if tables is not None:
-            tables.setdefault(arm, []).append(image_table(captions, references, agree)[1])
+            tables.setdefault(arm, []).append((ids, table))
     for arm in arms.values():
         rows = list(arm["runs"].values())
         arm["mean"], arm["min"], arm["max"] = {}, {}, {}
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.agree < 1:
         parser.error(f"--agree must be at least 1, got {args.agree}")
-    tables: dict[str, list[np.ndarray]] = {}
+    tables: dict[str, list[tuple[list[str], np.ndarray]]] = {}
     arms = summarize(args.runs, reference_captions(args.root), args.agree, tables)
     print(markdown(arms))
     output = {"agree": args.agree, "classes": CLASSES, "arms": arms}
@@ -207,7 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [arm for arm in (a, b) if arm not in arms]
         if unknown:
             parser.error(f"--compare: no arm {unknown[0]!r} among the runs ({', '.join(arms)})")
-        comparison = paired_bootstrap(tables[a], tables[b], args.samples)
+        first = tables[a][0][0]
+        if any(ids != first for arm in (a, b) for ids, _ in tables[arm]):
+            raise SystemExit(f"--compare: the runs of {a} and {b} must caption the same test images")
+        comparison = paired_bootstrap([t for _, t in tables[a]], [t for _, t in tables[b]], args.samples)
         output["comparison"] = {"a": a, "b": b, "samples": args.samples, "classes": comparison}
         print(f"\n{a} minus {b}, percentage points (95% interval over {args.samples} draws of the test images; "
               f"share of draws with {a} >= {b}):\n")

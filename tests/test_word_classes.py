@@ -104,3 +104,7 @@ def test_compare_on_the_command_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         word_classes.main([str(a), str(b), "--root", "x", "--compare", "soft", "var"])
     assert "no arm 'var'" in capsys.readouterr().err
+    other = _run(tmp_path / "var-s0", {"img0": "a dog", "img9": "a man"})
+    monkeypatch.setattr(word_classes, "reference_captions", lambda root: {**REFERENCES, "img9": ["a man ."]})
+    with pytest.raises(SystemExit, match="must caption the same test images"):
+        word_classes.main([str(a), str(other), "--root", "x", "--compare", "soft", "var"])

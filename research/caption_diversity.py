@@ -70,15 +70,23 @@ def training_captions(root: Path) -> set[str]:
 KEYS = ("words_per_caption", "vocabulary", "distinct_captions", "most_repeated", "novel")
 
 
-def summarize(runs: list[Path], training: set[str] | None) -> dict:
+def arm_runs(runs: list[Path]) -> list[tuple[str, int | None, Path]]:
+    """(arm, seed, folder) of each run folder in name order, ARM-sN grouped as research/seed_table.py groups
+    them (a folder without -sN is an arm of its own name, seed None); two folders of one name are refused."""
     names = collections.Counter(run.name for run in runs)
     twice = sorted(name for name, count in names.items() if count > 1)
     if twice:
         raise SystemExit(f"two run folders named {twice[0]} (e.g. from two studies): measure one study at a time")
-    arms: dict[str, dict] = {}
+    grouped = []
     for run in sorted(runs):
         match = SEED.match(run.name)
-        arm, seed = (match["arm"], int(match["seed"])) if match else (run.name, None)
+        grouped.append((match["arm"], int(match["seed"]), run) if match else (run.name, None, run))
+    return grouped
+
+
+def summarize(runs: list[Path], training: set[str] | None) -> dict:
+    arms: dict[str, dict] = {}
+    for arm, seed, run in arm_runs(runs):
         arms.setdefault(arm, {"runs": {}})["runs"][run.name] = {"seed": seed, **run_diversity(read_run(run), training)}
     for arm in arms.values():
         rows = list(arm["runs"].values())

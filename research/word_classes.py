@@ -34,8 +34,7 @@ import numpy as np
 
 from captioner.data.ptb import ptb_tokenize_many
 from captioner.data.sources import read_flickr8k
-from research.caption_diversity import read_run
-from research.seed_table import SEED
+from research.caption_diversity import arm_runs, read_run
 
 # Frequent Flickr8k words of each kind (singular and plural where both are common).
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -151,14 +150,8 @@ def read_captions(run: Path) -> dict[str, str]:
 def summarize(runs: list[Path], references: dict[str, list[str]], agree: int = 2,
               tables: dict[str, list[tuple[list[str], np.ndarray]]] | None = None) -> dict:
     """Each arm's runs, mean, min and max; `tables`, when given, receives each arm's `image_table`s."""
-    names = collections.Counter(run.name for run in runs)
-    twice = sorted(name for name, count in names.items() if count > 1)
-    if twice:
-        raise SystemExit(f"two run folders named {twice[0]} (e.g. from two studies): measure one study at a time")
     arms: dict[str, dict] = {}
-    for run in sorted(runs):
-        match = SEED.match(run.name)
-        arm, seed = (match["arm"], int(match["seed"])) if match else (run.name, None)
+    for arm, seed, run in arm_runs(runs):
         ids, table = image_table(read_captions(run), references, agree)
         arms.setdefault(arm, {"runs": {}})["runs"][run.name] = {"seed": seed, **table_classes(table)}
         if tables is not None:

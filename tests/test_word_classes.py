@@ -108,3 +108,11 @@ def test_compare_on_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(word_classes, "reference_captions", lambda root: {**REFERENCES, "img9": ["a man ."]})
     with pytest.raises(SystemExit, match="must caption the same test images"):
         word_classes.main([str(a), str(other), "--root", "x", "--compare", "soft", "var"])
+
+
+def test_two_run_folders_of_one_name_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(word_classes, "reference_captions", lambda root: REFERENCES)
+    a = _run(tmp_path / "one" / "soft-s0", {"img0": "a dog"})
+    b = _run(tmp_path / "two" / "soft-s0", {"img0": "a dog"})
+    with pytest.raises(SystemExit, match="two run folders named soft-s0"):
+        word_classes.main([str(a), str(b), "--root", "x"])

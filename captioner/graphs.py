@@ -12,7 +12,11 @@ How a replay stays the update it replaces:
   the caller seeds them before each update, as for an eager update, so the draws depend on
   (seed, step) alone and a resumed run draws what an uninterrupted one does;
 - the learning rate lives in a device tensor (`make_optimizer(..., capturable=True)`) that the
-  caller fills before each update, so one graph serves every step of a schedule;
+  caller fills before each update, so one graph serves every step of a schedule; so does a decaying
+  `model.initial_state_dropout` (the decoder's `initial_state_dropout_rate`);
+- where the update's Python control flow changes with the step (the initial-state draw stops once
+  a decaying rate reaches 0), the caller names the change in `variant`, and each variant has its
+  own graphs;
 - values that the graph keeps between updates (optimiser moments, VAR's moving-average baseline)
   are updated in place.
 The first update of each shape runs eagerly (it compiles kernels, creates optimiser state, and is
@@ -44,8 +48,6 @@ def graphable(config) -> tuple[bool, str]:
         return False, "the sleep update samples captions until every one has ended (a host-side check)"
     if e.name == "var" and e.expected_glimpse_probability > 0:
         return False, "VAR's expected-glimpse coin decides on the host which update to run"
-    if t.initial_state_dropout_decay > 0:
-        return False, "a decaying model.initial_state_dropout changes a Python number every update"
     if config.model.encoder.fine_tune:
         return False, "fine-tuning reads images of varying sizes through the backbone"
     return True, ""
@@ -95,8 +97,9 @@ class GraphedUpdates:
         self.replays = 0
         self.pool = None
 
-    def __call__(self, inputs: torch.Tensor, rows: torch.Tensor, text: CaptionText) -> dict[str, torch.Tensor]:
-        key = _shape_key(inputs, rows, text)
+    def __call__(self, inputs: torch.Tensor, rows: torch.Tensor, text: CaptionText,
+                 variant: tuple = ()) -> dict[str, torch.Tensor]:
+        key = (variant, _shape_key(inputs, rows, text))
         graph = self.graphs.get(key)
         if graph is None:
             if self.eager_updates.get(key, 0) < self.warmup or len(self.graphs) >= self.max_graphs:

@@ -319,6 +319,11 @@ class Trainer:
         self._host_generator = torch.Generator()
         # The update in CUDA graphs (None: eager); _share is the randomness of the update in flight.
         self.graphs = GraphedUpdates(self._graphed_update, [self._noise_generator]) if graphs_ok else None
+        # A decaying model.initial_state_dropout, graphed: the rate in a device tensor filled before each update
+        self._initial_state_dropout_rate = None
+        if graphs_ok and t.initial_state_dropout_decay > 0:
+            self._initial_state_dropout_rate = torch.zeros((), device=self.device)
+            self.model.decoder.initial_state_dropout_rate = self._initial_state_dropout_rate
         self._share: BatchShare | None = None
         self.step = 0
         self.epoch = 0
@@ -667,10 +672,13 @@ class Trainer:
         t = self.config.train
         for group in self.optimizer.param_groups:
             set_learning_rate(group, self.learning_rate(self.step) * group["lr_scale"])
-        self.model.decoder.initial_state_dropout = self.initial_state_dropout(self.step)
+        rate = self.model.decoder.initial_state_dropout = self.initial_state_dropout(self.step)
+        if self._initial_state_dropout_rate is not None:
+            self._initial_state_dropout_rate.fill_(rate)
         self._share = self._randomness(start, stop, total)  # seeds the generators before the update runs
         if self.graphs is not None and input_kind == "features":
-            stats = self.graphs(inputs, image_index, text)
+            # the initial-state draw happens only while the rate is above 0: one graph with it, one without
+            stats = self.graphs(inputs, image_index, text, variant=(rate > 0.0,))
         else:
             stats = training_update(self.model, self.optimizer, inputs, input_kind, image_index, text,
                                     self.config.estimator, self.baseline, t.grad_clip, t.bf16,

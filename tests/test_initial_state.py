@@ -69,6 +69,27 @@ def test_initial_state_dropout_draws_one_decision_per_caption_for_its_k_samples(
         decoder.initial_state(features, group=4)
 
 
+def test_the_rate_in_a_tensor_draws_what_the_rate_as_a_number_draws():
+    # the Trainer's graphed path fills decoder.initial_state_dropout_rate before each update: same masks
+    decoder = _model(initial_state_dropout=0.5).decoder.train()
+    features = _features(8).repeat_interleave(3, 0)
+    for rate in (0.5, 0.2, 0.0):
+        decoder.initial_state_dropout, decoder.initial_state_dropout_rate = max(rate, 1e-9), None
+        torch.manual_seed(7)
+        as_number = decoder.initial_state(features, group=3)
+        decoder.initial_state_dropout_rate = torch.tensor(rate)
+        torch.manual_seed(7)
+        as_tensor = decoder.initial_state(features, group=3)
+        for a, b in zip(as_number, as_tensor):
+            assert torch.equal(a, b)
+    hidden = []
+    for rate in (0.9, 0.1):  # the tensor's value, not the number, sets the share dropped
+        decoder.initial_state_dropout, decoder.initial_state_dropout_rate = 0.5, torch.tensor(rate)
+        torch.manual_seed(7)
+        hidden.append(decoder.initial_state(features, group=3)[0])
+    assert not torch.equal(*hidden)
+
+
 def test_the_dropout_schedule_falls_linearly_to_zero_and_resumes_exactly(tmp_path):
     config = load_config(overrides=TINY + ["model.initial_state_dropout=0.8", "train.initial_state_dropout_decay=0.5"])
     trainer = Trainer(config, tmp_path / "run")

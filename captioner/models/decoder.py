@@ -106,6 +106,10 @@ class AttentionDecoder(nn.Module):
         self.soft = soft
         self.initial_state_from = initial_state
         self.initial_state_dropout = initial_state_dropout
+        # Where set, a 0-dim tensor on the device that holds the rate the draw compares with, filled
+        # before each update: a CUDA graph then replays a decaying rate (the Trainer sets it); the
+        # Python number above still decides whether there is a draw at all.
+        self.initial_state_dropout_rate: torch.Tensor | None = None
         self.hidden_dim = hidden_dim
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.init_hidden = nn.Linear(feature_dim, hidden_dim)
@@ -142,7 +146,8 @@ class AttentionDecoder(nn.Module):
             rows = mean.shape[0]
             if rows % group:
                 raise ValueError(f"{rows} rows are not whole groups of {group} (the K samples of each caption)")
-            keep = torch.rand(rows // group, 1, device=mean.device) >= self.initial_state_dropout
+            rate = self.initial_state_dropout if self.initial_state_dropout_rate is None else self.initial_state_dropout_rate
+            keep = torch.rand(rows // group, 1, device=mean.device) >= rate
             mean = mean * keep.to(mean.dtype).repeat_interleave(group, 0)
         return torch.tanh(self.init_hidden(mean)), torch.tanh(self.init_cell(mean))
 

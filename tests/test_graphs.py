@@ -19,10 +19,18 @@ from captioner.step import make_optimizer, set_learning_rate, training_update
 from tests.test_fast_path import _text, _tiny
 
 
-def _state_index(optimizer, parameter) -> int:
-    """The key of `parameter` in optimizer.state_dict()["state"]: its place in the parameter list, found
-    by identity (list.index would compare tensors element by element)."""
-    return next(i for i, p in enumerate(optimizer.param_groups[0]["params"]) if p is parameter)
+def _put_back(model, optimizer, saved_model: dict, saved_optimizer: dict) -> None:
+    """Copy saved states back into the very tensors (a graph reads those). The optimiser state of a
+    parameter is found by its place in the parameter list, by identity (list.index would compare
+    tensors element by element)."""
+    params = optimizer.param_groups[0]["params"]
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            value.copy_(saved_model[key])
+        for p, s in optimizer.state.items():
+            saved = saved_optimizer["state"][next(i for i, q in enumerate(params) if q is p)]
+            for key, value in s.items():
+                value.copy_(saved[key])
 
 
 def test_which_configurations_are_captured():
@@ -91,15 +99,9 @@ def test_a_replayed_update_equals_the_eager_one(name, attention, proposal):
         seed(i)
         eager = {k: v.clone() for k, v in update(images[i], rows, text).items()}
         after = [p.detach().clone() for p in model.parameters()]
-        with torch.no_grad():  # back in place: the graph reads these very tensors
-            for key, value in model.state_dict().items():
-                value.copy_(state[0][key])
-            for p, s in optimizer.state.items():
-                saved = state[1]["state"][_state_index(optimizer, p)]
-                for key, value in s.items():
-                    value.copy_(saved[key])
-            if state[2] is not None:
-                baseline.value.copy_(state[2])
+        _put_back(model, optimizer, state[0], state[1])
+        if state[2] is not None:
+            baseline.value.copy_(state[2])
         seed(i)
         replayed = graphed(images[i], rows, text)
         assert graphed.replays == i
@@ -144,13 +146,7 @@ def test_a_decaying_initial_state_dropout_replays_as_the_eager_update():
         seed(i, value)
         eager = {k: v.clone() for k, v in update(images[i], rows, text).items()}
         after = [p.detach().clone() for p in model.parameters()]
-        with torch.no_grad():
-            for key, v in model.state_dict().items():
-                v.copy_(state[0][key])
-            for p, s in optimizer.state.items():
-                saved = state[1]["state"][_state_index(optimizer, p)]
-                for key, v in s.items():
-                    v.copy_(saved[key])
+        _put_back(model, optimizer, state[0], state[1])
         seed(i, value)
         replayed = graphed(images[i], rows, text, variant=(value > 0.0,))
         for key in eager:

@@ -111,7 +111,6 @@ def test_a_replayed_update_equals_the_eager_one(name, attention, proposal):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_decaying_initial_state_dropout_replays_as_the_eager_update():
     # train.initial_state_dropout_decay in CUDA graphs, as the Trainer runs it: the rate lives in a device

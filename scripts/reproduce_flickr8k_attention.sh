@@ -30,9 +30,12 @@
 # Environment: ARMS (default "soft k40 k20"), SEEDS (default "0 1 2"), RUNS_AT_ONCE (3), DEVICE (cuda),
 # SPREAD_IMAGES (200), DECODES (yes; "no" skips step 3's decoding study: each run's own test decode stays),
 # EXTRA_SETS (KEY=VALUE overrides for every run: lite2-tune-ema-ft03/ is model.encoder.fine_tune_lr_scale=0.3,
-# lite2-tune-ema-w4/ is train.ema_warmup=4; model.encoder.glimpse_context=1 widens every glimpse to 3 x 3 cells).
+# lite2-tune-ema-w4/ is train.ema_warmup=4; model.encoder.glimpse_context=1 widens every glimpse to 3 x 3 cells),
+# VARIANTS (several override sets in one job, sharing its feature caches: space-separated NAME:KEY=VALUE[,KEY=VALUE]
+# entries, each running every arm and seed as ARM-NAME-sSEED with those overrides after EXTRA_SETS; a bare "-"
+# runs the arms as they are, as ARM-sSEED; e.g. VARIANTS="- isd025:model.initial_state_dropout=0.25").
 set -euo pipefail
-if [ $# -ne 3 ]; then sed -n 2,33p "$0"; exit 2; fi
+if [ $# -ne 3 ]; then sed -n 2,36p "$0"; exit 2; fi
 ROOT=$(cd "$1" && pwd); CACHE=$2; OUT=$3
 ARMS=${ARMS:-soft k40 k20}; SEEDS=${SEEDS:-0 1 2}; RUNS_AT_ONCE=${RUNS_AT_ONCE:-3}; DEVICE=${DEVICE:-cuda}
 SPREAD_IMAGES=${SPREAD_IMAGES:-200}; DECODES=${DECODES:-yes}
@@ -44,6 +47,24 @@ for arm in $ARMS; do
             "softema, k40qema, softtuneema, k40tuneqema)" >&2
        exit 2 ;; esac
 done
+VARIANTS=${VARIANTS:--}
+declare -A VSETS  # variant name -> its --set overrides
+NAMES=""  # the variants' names, in order
+for entry in $VARIANTS; do
+  if [ "$entry" = - ] && [ -z "${VSETS[-]+x}" ]; then VSETS[-]=""; NAMES="$NAMES -"; continue; fi
+  name=${entry%%:*}; sets=${entry#*:}
+  if [ "$name" = "$entry" ] || ! [[ $name =~ ^[A-Za-z0-9]+$ ]] || [ -z "$sets" ] || [ -n "${VSETS[$name]+x}" ]; then
+    echo "VARIANTS: '$entry' is not NAME:KEY=VALUE[,KEY=VALUE] (NAME letters and digits, each name once), or '-'" >&2
+    exit 2
+  fi
+  VSETS[$name]=""; NAMES="$NAMES $name"
+  IFS=, read -ra pairs <<< "$sets"
+  for pair in "${pairs[@]}"; do
+    [[ $pair == *=* ]] || { echo "VARIANTS: '$pair' in '$entry' is not KEY=VALUE" >&2; exit 2; }
+    VSETS[$name]="${VSETS[$name]} --set $pair"
+  done
+done
+run_name() { if [ "$2" = - ]; then echo "$1"; else echo "$1-$2"; fi; }  # arm, variant -> the run's name without -sSEED
 mkdir -p "$CACHE" "$OUT/runs"
 [ "$DEVICE" = cpu ] || python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: this script trains on a GPU')"
 BASE="--set data.root=$ROOT --set train.device=$DEVICE"
@@ -80,29 +101,32 @@ case " $ARMS " in *flip\ *) captioner extract $(args k40flip) --device "$DEVICE"
 case " $ARMS " in *tune*) captioner extract $(args k40tuneq) --device "$DEVICE" --storage int8 --quiet ;; esac
 
 jobs=""
-for arm in $ARMS; do for seed in $SEEDS; do
-  [ -f "$OUT/runs/$arm-s$seed/metrics.json" ] || jobs="$jobs $arm:$seed"
-done; done
+for variant in $NAMES; do for arm in $ARMS; do for seed in $SEEDS; do
+  [ -f "$OUT/runs/$(run_name "$arm" "$variant")-s$seed/metrics.json" ] || jobs="$jobs $arm:$variant:$seed"
+done; done; done
+for variant in $NAMES; do export "VSETS_${variant/-/_}=${VSETS[$variant]}"; done  # xargs' shells see no arrays
+export -f run_name
 # shellcheck disable=SC2016
 printf '%s\n' $jobs | xargs -r -P "$RUNS_AT_ONCE" -I {} bash -c '
-  arm=${1%%:*}; seed=${1##*:}; run="$OUT/runs/$arm-s$seed"; resume=""
+  IFS=: read -r arm variant seed <<< "$1"; vsets=VSETS_${variant/-/_}
+  name=$(run_name "$arm" "$variant")-s$seed; run="$OUT/runs/$name"; resume=""
   [ -f "$run/checkpoints/latest.pt" ] && resume=--resume
-  captioner train $(args "$arm") --set train.seed=$seed --quiet $resume --out "$run" > "$OUT/runs/$arm-s$seed.log" 2>&1 \
-    || { echo "$arm-s$seed failed: $OUT/runs/$arm-s$seed.log" >&2; exit 1; }' _ {}
+  captioner train $(args "$arm") ${!vsets} --set train.seed=$seed --quiet $resume --out "$run" > "$OUT/runs/$name.log" 2>&1 \
+    || { echo "$name failed: $OUT/runs/$name.log" >&2; exit 1; }' _ {}
 
 sort "$ROOT/Flickr8k_text/Flickr_8k.testImages.txt" | sed -n "1,${SPREAD_IMAGES}s#^#$ROOT/Flicker8k_Dataset/#p" > "$OUT/test-images.txt"  # sed reads to the end: no SIGPIPE for sort
 pictures=""; spreads=""
-for arm in $ARMS; do for seed in $SEEDS; do
-  run="$OUT/runs/$arm-s$seed"
+for variant in $NAMES; do for arm in $ARMS; do for seed in $SEEDS; do
+  run="$OUT/runs/$(run_name "$arm" "$variant")-s$seed"; vsets=VSETS_${variant/-/_}
   if [ "${arm#soft}" != "$arm" ]; then
     [ "$DECODES" = no ] && continue
-    python -m research.decoding_study "$run/model" $(args "$arm") --split val --device "$DEVICE" --settings 3:argmax \
+    python -m research.decoding_study "$run/model" $(args "$arm") ${!vsets} --split val --device "$DEVICE" --settings 3:argmax \
       --captions-dir "$run/decodes-val" --out "$run/decodes-val/study.json" > /dev/null
     continue
   fi
   for split in val test; do
     [ "$DECODES" = no ] && break
-    python -m research.decoding_study "$run/model" $(args "$arm") --split $split --device "$DEVICE" \
+    python -m research.decoding_study "$run/model" $(args "$arm") ${!vsets} --split $split --device "$DEVICE" \
       --settings 3:argmax,3:expected,3:marginal --captions-dir "$run/decodes-$split" \
       --out "$run/decodes-$split/study.json" > /dev/null
   done
@@ -115,7 +139,7 @@ for arm in $ARMS; do for seed in $SEEDS; do
     for pid in $spreads; do wait "$pid"; done; spreads=""  # set -e: a failed spread stops the script
   fi
   [ -z "$pictures" ] && [ "$seed" = "$(echo $SEEDS | cut -d' ' -f1)" ] && pictures=$run
-done; done
+done; done; done
 for pid in $spreads; do wait "$pid"; done
 if [ -n "$pictures" ]; then
   for mode in argmax marginal; do

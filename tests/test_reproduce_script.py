@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("data.limit_images=24 train.epochs=1 train.batch_size=8 model.hidden_dim=32 model.embedding_dim=16 "
@@ -96,3 +97,39 @@ def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_roo
     assert sorted(kinds) == sorted(table) and "colour" in kinds["k40"]["runs"]["k40-s0"]
     if shutil.which("java"):
         assert (out / "test_scores_java.json").is_file()
+
+
+@pytest.mark.parametrize("variants, complaint", [
+    ("isd025", "is not NAME:KEY=VALUE"),                                  # no overrides
+    ("isd-025:model.initial_state_dropout=0.25", "is not NAME:KEY=VALUE"),  # a dash would blur -sSEED
+    ("a:model.dropout=0.1 a:model.dropout=0.2", "each name once"),
+    ("- -", "each name once"),
+    ("a:model.dropout", "'model.dropout' in 'a:model.dropout' is not KEY=VALUE"),
+])
+def test_the_attention_script_refuses_malformed_variants(flickr8k_root, tmp_path, variants, complaint):
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k_attention.sh"), str(flickr8k_root),
+                             str(tmp_path / "c"), str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "VARIANTS": variants})
+    assert result.returncode == 2 and complaint in result.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_the_attention_script_runs_variants_of_the_arms_in_one_job(flickr8k_root, tmp_path):
+    out = _run_tiny("reproduce_flickr8k_attention.sh", flickr8k_root, tmp_path, ARMS="soft k40", SEEDS="0",
+                    DECODES="no", VARIANTS="- isd025:model.initial_state_dropout=0.25 "
+                                           "late:train.initial_state_dropout_decay=0.5,model.dropout=0.1")
+    table = json.loads((out / "table.json").read_text())
+    assert sorted(table) == ["k40", "k40-isd025", "k40-late", "soft", "soft-isd025", "soft-late"]
+    config = {name: yaml.safe_load((out / "runs" / f"{name}-s0" / "config.yaml").read_text()) for name in table}
+    for arm in ("soft", "k40"):
+        plain, isd, late = config[arm], config[f"{arm}-isd025"], config[f"{arm}-late"]
+        assert (plain["model"]["initial_state_dropout"], plain["train"]["initial_state_dropout_decay"]) == (0.75, 0.0)
+        assert (isd["model"]["initial_state_dropout"], isd["train"]["initial_state_dropout_decay"]) == (0.25, 0.0)
+        assert (late["model"]["initial_state_dropout"], late["train"]["initial_state_dropout_decay"]) == (0.75, 0.5)
+        assert (plain["model"]["dropout"], isd["model"]["dropout"], late["model"]["dropout"]) == (0.5, 0.5, 0.1)
+        assert {c["model"]["hidden_dim"] for c in (plain, isd, late)} == {32}  # EXTRA_SETS reach every variant
+    assert json.loads((out / "runs" / "k40-isd025-s0" / "spread-marginal.json").read_text())["images"] == 4
+    kinds = json.loads((out / "word_classes.json").read_text())["arms"]
+    assert sorted(kinds) == sorted(table)

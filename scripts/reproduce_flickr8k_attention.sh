@@ -48,23 +48,28 @@ for arm in $ARMS; do
        exit 2 ;; esac
 done
 VARIANTS=${VARIANTS:--}
-declare -A VSETS  # variant name -> its --set overrides
-NAMES=""  # the variants' names, in order
+unset "${!VSETS_@}"  # none from the caller's environment
+NAMES=""  # the variants' names, in order; each one's --set overrides are in the exported VSETS_NAME (VSETS__ for -)
 for entry in $VARIANTS; do
-  if [ "$entry" = - ] && [ -z "${VSETS[-]+x}" ]; then VSETS[-]=""; NAMES="$NAMES -"; continue; fi
-  name=${entry%%:*}; sets=${entry#*:}
-  if [ "$name" = "$entry" ] || ! [[ $name =~ ^[A-Za-z0-9]+$ ]] || [ -z "$sets" ] || [ -n "${VSETS[$name]+x}" ]; then
-    echo "VARIANTS: '$entry' is not NAME:KEY=VALUE[,KEY=VALUE] (NAME letters and digits, each name once), or '-'" >&2
-    exit 2
+  name=${entry%%:*}; sets=${entry#*:}; var=VSETS_${name/-/_}
+  if [ -n "${!var+x}" ]; then
+    echo "VARIANTS: '$entry' names a variant given before (each name once)" >&2; exit 2
+  elif [ "$entry" = - ]; then
+    export VSETS__=""; NAMES="$NAMES -"; continue
+  elif [ "$name" = "$entry" ] || ! [[ $name =~ ^[A-Za-z0-9]+$ ]] || [ -z "$sets" ]; then
+    echo "VARIANTS: '$entry' is not NAME:KEY=VALUE[,KEY=VALUE] (NAME letters and digits), or '-'" >&2; exit 2
   fi
-  VSETS[$name]=""; NAMES="$NAMES $name"
+  overrides=""
   IFS=, read -ra pairs <<< "$sets"
   for pair in "${pairs[@]}"; do
     [[ $pair == *=* ]] || { echo "VARIANTS: '$pair' in '$entry' is not KEY=VALUE" >&2; exit 2; }
-    VSETS[$name]="${VSETS[$name]} --set $pair"
+    overrides="$overrides --set $pair"
   done
+  export "$var=$overrides"; NAMES="$NAMES $name"
 done
 run_name() { if [ "$2" = - ]; then echo "$1"; else echo "$1-$2"; fi; }  # arm, variant -> the run's name without -sSEED
+sets_of() { local var=VSETS_${1/-/_}; echo "${!var}"; }  # variant -> its --set overrides
+export -f run_name sets_of
 mkdir -p "$CACHE" "$OUT/runs"
 [ "$DEVICE" = cpu ] || python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: this script trains on a GPU')"
 BASE="--set data.root=$ROOT --set train.device=$DEVICE"
@@ -104,29 +109,27 @@ jobs=""
 for variant in $NAMES; do for arm in $ARMS; do for seed in $SEEDS; do
   [ -f "$OUT/runs/$(run_name "$arm" "$variant")-s$seed/metrics.json" ] || jobs="$jobs $arm:$variant:$seed"
 done; done; done
-for variant in $NAMES; do export "VSETS_${variant/-/_}=${VSETS[$variant]}"; done  # xargs' shells see no arrays
-export -f run_name
 # shellcheck disable=SC2016
 printf '%s\n' $jobs | xargs -r -P "$RUNS_AT_ONCE" -I {} bash -c '
-  IFS=: read -r arm variant seed <<< "$1"; vsets=VSETS_${variant/-/_}
+  IFS=: read -r arm variant seed <<< "$1"
   name=$(run_name "$arm" "$variant")-s$seed; run="$OUT/runs/$name"; resume=""
   [ -f "$run/checkpoints/latest.pt" ] && resume=--resume
-  captioner train $(args "$arm") ${!vsets} --set train.seed=$seed --quiet $resume --out "$run" > "$OUT/runs/$name.log" 2>&1 \
+  captioner train $(args "$arm") $(sets_of "$variant") --set train.seed=$seed --quiet $resume --out "$run" > "$OUT/runs/$name.log" 2>&1 \
     || { echo "$name failed: $OUT/runs/$name.log" >&2; exit 1; }' _ {}
 
 sort "$ROOT/Flickr8k_text/Flickr_8k.testImages.txt" | sed -n "1,${SPREAD_IMAGES}s#^#$ROOT/Flicker8k_Dataset/#p" > "$OUT/test-images.txt"  # sed reads to the end: no SIGPIPE for sort
 pictures=""; spreads=""
 for variant in $NAMES; do for arm in $ARMS; do for seed in $SEEDS; do
-  run="$OUT/runs/$(run_name "$arm" "$variant")-s$seed"; vsets=VSETS_${variant/-/_}
+  run="$OUT/runs/$(run_name "$arm" "$variant")-s$seed"
   if [ "${arm#soft}" != "$arm" ]; then
     [ "$DECODES" = no ] && continue
-    python -m research.decoding_study "$run/model" $(args "$arm") ${!vsets} --split val --device "$DEVICE" --settings 3:argmax \
+    python -m research.decoding_study "$run/model" $(args "$arm") $(sets_of "$variant") --split val --device "$DEVICE" --settings 3:argmax \
       --captions-dir "$run/decodes-val" --out "$run/decodes-val/study.json" > /dev/null
     continue
   fi
   for split in val test; do
     [ "$DECODES" = no ] && break
-    python -m research.decoding_study "$run/model" $(args "$arm") ${!vsets} --split $split --device "$DEVICE" \
+    python -m research.decoding_study "$run/model" $(args "$arm") $(sets_of "$variant") --split $split --device "$DEVICE" \
       --settings 3:argmax,3:expected,3:marginal --captions-dir "$run/decodes-$split" \
       --out "$run/decodes-$split/study.json" > /dev/null
   done

@@ -43,7 +43,12 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
     start = time.perf_counter()
     out_dir = Path(out_dir)
     trainer = Trainer(config, out_dir, resume=resume)
+    clock = {"setup": time.perf_counter() - start}
+    mark = time.perf_counter()
     summary = trainer.train()
+    clock["training"] = time.perf_counter() - mark
+    clock["validation"] = summary["validation_seconds"]
+    mark = time.perf_counter()
     trainer.load_best()
     model_dir = out_dir / "model"
     trainer.check_finite(model_dir / "model.safetensors", model_only=True)  # before scoring it, in every process
@@ -51,8 +56,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
     test = trainer.splits["test"]
     scores, captions = evaluate_split(model, test, config.decode, trainer.device, config.train.validation_samples,
                                       full_metrics=True, distributed=trainer.distributed)
+    clock["test"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     if not trainer.distributed.is_main:
-        return _metrics(config, scores, summary, model_dir, time.perf_counter() - start)
+        clock["export"] = time.perf_counter() - mark
+        return _metrics(config, scores, summary, model_dir, time.perf_counter() - start, clock)
     model.save_pretrained(model_dir, config.decode)
     atomic_write(model_dir / "training_config.yaml",
                  lambda temporary: shutil.copyfile(out_dir / "config.yaml", temporary))
@@ -75,7 +83,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
             clean, replaced = finite_for_json(record.to_json())
             lines.append(json_text({**clean, "non_finite": replaced} if replaced else clean) + "\n")
         atomic_write_text(out_dir / "captions.jsonl", "".join(lines))
-    metrics = _metrics(config, scores, summary, model_dir, time.perf_counter() - start)
+    clock["export"] = time.perf_counter() - mark
+    metrics = _metrics(config, scores, summary, model_dir, time.perf_counter() - start, clock)
     metrics["skipped"] = skip_summary(trainer.splits)  # what the data readers left out, by reason
     crash_point("metrics ready")
     write_json(out_dir / "metrics.json", metrics)
@@ -83,9 +92,16 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
     return metrics
 
 
-def _metrics(config: ExperimentConfig, scores: dict, summary: dict, model_dir: Path, seconds: float) -> dict:
+def _metrics(config: ExperimentConfig, scores: dict, summary: dict, model_dir: Path, seconds: float,
+             clock: dict[str, float]) -> dict:
     """The metrics.json record of a run: strict JSON, a NaN or infinite value as null with its key
-    listed under "non_finite"."""
+    listed under "non_finite".
+
+    `clock` is where this process's `seconds` went: "setup" (reading the data, building the model),
+    "training" (the epochs: updates, validations and checkpoints), "validation" (the part of
+    "training" spent validating), "test" (decoding and scoring the test split) and "export" (the
+    model, captions and pictures). A resumed run counts only what this process did; its
+    train_seconds, like its log, go on from the checkpoint."""
     metrics, replaced = finite_for_json({
         "dataset": config.data.dataset,
         "split": "test",
@@ -95,6 +111,7 @@ def _metrics(config: ExperimentConfig, scores: dict, summary: dict, model_dir: P
         **scores,
         "wall_seconds": seconds,
         "train_seconds": summary["train_seconds"],
+        "time_seconds": clock,
         "steps": summary["step"],
         "epochs": summary["epoch"],
         "best_val_bleu_4": summary["best_val_bleu_4"],

@@ -331,6 +331,7 @@ class Trainer:
         self.best_bleu = -math.inf
         self.history: list[dict] = []
         self.train_seconds = 0.0
+        self.validation_seconds = 0.0  # the validations of this process (not counted in train_seconds)
         self.best_step: int | None = None  # the step of the best validation (that of best.pt)
         self.log_records = 0  # records this run has written to log.jsonl
         self.skipped_updates = 0  # updates skipped for a non-finite loss or gradient, in all
@@ -802,9 +803,12 @@ class Trainer:
             self._read_pending()
             self.epoch += 1
             self.batch_in_epoch = 0
+            start = time.perf_counter()
             scores = self.validate()
+            seconds = time.perf_counter() - start
+            self.validation_seconds += seconds
             record = {"type": "validation", "step": self.step, "epoch": self.epoch,
-                      "train_seconds": self.train_seconds, **scores}
+                      "train_seconds": self.train_seconds, "validation_seconds": seconds, **scores}
             self.history.append(record)
             self._log(record)
             for callback in callbacks:
@@ -821,6 +825,7 @@ class Trainer:
 
     def summary(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "train_seconds": self.train_seconds,
+                "validation_seconds": self.validation_seconds,
                 "best_val_bleu_4": self.best_bleu, "best_step": self.best_step, "history": self.history,
                 "skipped_updates": self.skipped_updates, "warnings": list(self.warnings)}
 

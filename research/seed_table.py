@@ -63,6 +63,7 @@ def summarize_run(run: Path) -> dict:
     out = {"run": run.name, "scores": scores, "scores_from": source, "beam_size": metrics.get("beam_size"),
            "attention_mode": metrics.get("attention_mode"), "best_step": metrics.get("best_step"),
            "steps": metrics.get("steps"), "train_seconds": metrics.get("train_seconds"),
+           "wall_seconds": metrics.get("wall_seconds"), "time_seconds": metrics.get("time_seconds"),
            "spread": {mode: _spread(run, mode) for mode in ("argmax", "marginal")}}
     rows = _train_rows(run)
     if rows and "log_q_minus_log_prior" in rows[-1]:

@@ -40,7 +40,7 @@ def _without_clock(value):
     """`value` without the wall-clock fields (and the run folder, which differs between runs)."""
     if isinstance(value, dict):
         return {k: _without_clock(v) for k, v in value.items()
-                if k not in ("train_seconds", "wall_seconds", "model_dir")}
+                if k not in ("train_seconds", "wall_seconds", "validation_seconds", "time_seconds", "model_dir")}
     if isinstance(value, list):
         return [_without_clock(v) for v in value]
     return value
@@ -157,14 +157,23 @@ def test_metrics_json_is_strict_and_counts_skipped_updates(tmp_path, monkeypatch
     assert written == json.loads(json.dumps(metrics))
     assert written["skipped_updates"] == 0 and written["warnings"] == [] and "non_finite" not in written
     assert written["best_step"] == 3
+    # where the wall-clock time went: the parts add up to the whole, validation inside training
+    clock = written["time_seconds"]
+    assert set(clock) == {"setup", "training", "validation", "test", "export"} and all(v > 0 for v in clock.values())
+    assert clock["validation"] == pytest.approx(sum(r["validation_seconds"] for r in written["validation"]))
+    assert clock["validation"] < clock["training"]
+    parts = clock["setup"] + clock["training"] + clock["test"] + clock["export"]
+    assert parts <= written["wall_seconds"] < parts + 0.5
     # a NaN score goes in as null, named
     from captioner.experiment import _metrics
 
     summary = {"train_seconds": 1.0, "step": 3, "epoch": 1, "best_val_bleu_4": float("-inf"), "best_step": None,
                "history": [], "skipped_updates": 0, "warnings": []}
-    record = _metrics(tiny_config("wsram"), {"Bleu_4": 0.1, "bound_prior": float("nan")}, summary, tmp_path, 2.0)
+    record = _metrics(tiny_config("wsram"), {"Bleu_4": 0.1, "bound_prior": float("nan")}, summary, tmp_path, 2.0,
+                      {"setup": 0.5, "training": 1.2, "validation": float("nan"), "test": 0.2, "export": 0.1})
     assert record["bound_prior"] is None and record["best_val_bleu_4"] is None
-    assert record["non_finite"] == ["bound_prior", "best_val_bleu_4"]
+    assert record["non_finite"] == ["bound_prior", "time_seconds.validation", "best_val_bleu_4"]
+    assert record["time_seconds"] == {"setup": 0.5, "training": 1.2, "validation": None, "test": 0.2, "export": 0.1}
 
 
 # ---- checkpoints: every N updates, stale temporaries, best.pt ------------------------------------

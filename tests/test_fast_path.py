@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 import torch
@@ -76,6 +78,23 @@ def test_reader_without_packing_equals_packed_reader():
     packed = pack_padded_sequence(q.embedding(text.targets), text.lengths, batch_first=True, enforce_sorted=False)
     reference, _ = pad_packed_sequence(q.reader(packed)[0], batch_first=True, total_length=text.targets.shape[1])
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_reader_keeps_cudnns_weight_compaction_notice_out_of_the_log(monkeypatch, recwarn):
+    """On a GPU, cuDNN warns that the reader's one-direction weights are not one contiguous buffer
+    (it copies them, as intended); that notice stays out of the user's log, any other warning does not."""
+    model = _tiny()
+    text = _text([1, 4, 2, 3], torch.Generator().manual_seed(2))
+    lstm = torch.lstm
+
+    def noisy(*args, **kwargs):
+        warnings.warn("RNN module weights are not part of single contiguous chunk of memory. This means ...")
+        warnings.warn("something else about the reader")
+        return lstm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "lstm", noisy)
+    model.proposal.read_caption(text.targets, text.lengths)
+    assert [str(w.message) for w in recwarn] == ["something else about the reader"] * 2  # two directions
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ Sequential: r_phi also sees the decoder state h_{t-1}, so locations are drawn st
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -56,7 +58,12 @@ class CaptionProposal(nn.Module):
         reader = self.reader
         weights = [getattr(reader, f"{name}_l0{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         zeros = inputs.new_zeros(1, inputs.shape[0], reader.hidden_size)
-        output, _, _ = torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)
+        with warnings.catch_warnings():
+            # cuDNN copies one direction's four tensors into a contiguous buffer on each call and says
+            # so once per process; the copy is the price of reading each caption reversed within its
+            # own length (a few MB at the Flickr8k sizes), not a fault to report to the user.
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+            output, _, _ = torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)
         return output
 
     def scores(self, projected: torch.Tensor, context: torch.Tensor, decoder_hidden: torch.Tensor | None = None):

@@ -139,6 +139,13 @@ class ModelConfig:
     attention: Literal["hard", "soft"] = "hard"
     proposal: Literal["factorised", "sequential", "none"] = "factorised"
     proposal_hidden_dim: int = 32
+    # Hard glimpses per word (G): a_t is G locations drawn independently from pi_t (and from q_t while
+    # training), z_t the mean of their features, log pi_t(a_t) the sum of their log-probabilities. G = 1
+    # is the method as the spec gives it; larger G lets one word see several places (a scene, a count)
+    # and tends to the expected glimpse as G grows. Decoding: argmax takes the mode (G times argmax
+    # pi_t, the same glimpse as G = 1), marginal sums over all L^G ordered tuples (G = 2 on a 7 x 7 grid:
+    # 2,401 LSTM rows per hypothesis).
+    glimpses_per_word: int = 1
     # Start the decoder blind to its glimpse (zero weights on z_t in the LSTM input and the deep
     # output), so that early glimpses add no noise that the attention would learn to avoid.
     zero_init_glimpse: bool = False
@@ -534,8 +541,11 @@ def validate(config: ExperimentConfig) -> None:
                           f"got {scenes.max_objects}")
     for key in ("feature_dim", "grid"):
         positive(f"model.encoder.{key}", getattr(m.encoder, key))
-    for key in ("embedding_dim", "hidden_dim", "attention_dim", "proposal_hidden_dim"):
+    for key in ("embedding_dim", "hidden_dim", "attention_dim", "proposal_hidden_dim", "glimpses_per_word"):
         positive(f"model.{key}", getattr(m, key))
+    if m.attention == "soft" and m.glimpses_per_word != 1:
+        raise ConfigError(f"model.glimpses_per_word: soft attention's glimpse is already the expectation over all "
+                          f"locations; several hard glimpses are for model.attention: hard, got {m.glimpses_per_word}")
     for key, value in (("model.dropout", m.dropout), ("model.embedding_dropout", m.embedding_dropout),
                        ("model.encoder.feature_dropout", m.encoder.feature_dropout)):
         if not 0.0 <= value < 1.0:

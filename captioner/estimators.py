@@ -16,7 +16,8 @@ import torch
 
 from captioner.config import EstimatorConfig, ResearchConfig
 from captioner.data.batching import CaptionText
-from captioner.models.decoder import DecoderOutput, gumbel_argmax, location_log_probs, log_softmax, word_log_probs
+from captioner.models.decoder import (DecoderOutput, draw_glimpses, location_log_probs, log_probs_at, log_softmax,
+                                      word_log_probs)
 from captioner.models.noise import batch_uniform
 
 
@@ -97,7 +98,7 @@ class LocationSamples:
     log_p_words: torch.Tensor
     log_p_locations: torch.Tensor
     log_q: torch.Tensor
-    locations: torch.Tensor  # (B, K, T)
+    locations: torch.Tensor  # (B, K, T), or (B, K, T, G) with G glimpses per word
     prior_entropy: torch.Tensor  # (B, K): mean over real steps of H(pi_t)
     proposal_entropy: torch.Tensor  # (B, K): mean over real steps of H(q_t)
     # (B, K): sum over real steps of sum_i sg(q_t(i)) log pi_t(i | h_{t-1}) along each sampled path: log pi
@@ -128,7 +129,7 @@ def score_sequences(output: DecoderOutput, text: CaptionText, log_q_steps: torch
     prior_entropy = masked_sum(step_entropy(output.attention_logits), text.mask) / steps
     if log_q_steps is None:
         return log_p_words, log_p_locations, log_p_locations, prior_entropy, prior_entropy
-    log_q = masked_sum(log_q_steps.gather(-1, locations.unsqueeze(-1)).squeeze(-1), text.mask)
+    log_q = masked_sum(log_probs_at(log_q_steps, locations), text.mask)
     proposal_entropy = masked_sum(-(log_q_steps.exp() * log_q_steps).sum(-1), text.mask) / steps
     return log_p_words, log_p_locations, log_q, prior_entropy, proposal_entropy
 
@@ -174,7 +175,7 @@ def draw_locations(
         q_features = features.detach() if detach_proposal_features else features
         log_q_steps = q_network.log_probs(q_features, text.targets, text.lengths, rows).repeat_interleave(samples, 0)
         log_q_steps = _mix_defensive(log_q_steps, log_q_steps, defensive_weight, "uniform")
-        locations = gumbel_argmax(log_q_steps, generator)
+        locations = draw_glimpses(log_q_steps, decoder.glimpses, generator)
         output = decoder.forward_given_locations(features, repeated.inputs, locations, rows_k, group=samples)
     elif q_network is None:
         features_k = features.index_select(0, rows_k)
@@ -204,9 +205,11 @@ def draw_locations(
     if expected_prior:
         if log_q_steps is None:
             raise ValueError("the expected prior term needs a proposal to draw from (proposal='model')")
-        per_step = (log_q_steps.detach().exp() * log_softmax(output.attention_logits)).sum(-1)
+        # G glimpses per word: G independent draws from q_t, so G times one draw's expectation
+        per_step = decoder.glimpses * (log_q_steps.detach().exp() * log_softmax(output.attention_logits)).sum(-1)
         expected = masked_sum(per_step, repeated.mask).view(b, samples)
-    return LocationSamples(log_p_words, log_p_locations, log_q, output.locations.view(b, samples, -1),
+    return LocationSamples(log_p_words, log_p_locations, log_q,
+                           output.locations.view(b, samples, *output.locations.shape[1:]),
                            prior_entropy, proposal_entropy, expected)
 
 
@@ -305,7 +308,7 @@ def sleep_loss(model, features: torch.Tensor, generator: torch.Generator | None 
                                    for t in range(targets.shape[1])], 1)
     else:
         log_q_steps = q_network.log_probs(features, targets, lengths)
-    log_q = masked_sum(log_q_steps.gather(-1, locations.unsqueeze(-1)).squeeze(-1), mask)
+    log_q = masked_sum(log_probs_at(log_q_steps, locations), mask)
     return -log_q.mean()
 
 

@@ -24,7 +24,7 @@ from captioner.plots import plot_attention
 class CaptionRecord:
     file: str
     caption: str
-    words: list[dict]  # per word: word, location, location_prob, word_prob
+    words: list[dict]  # per word: word, location, location_prob, word_prob (and glimpses, with several)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -34,6 +34,9 @@ def _record(path: Path, generated: GeneratedCaption) -> CaptionRecord:
     words = [{"word": w, "location": loc, "location_prob": round(lp, 6), "word_prob": round(wp, 6)}
              for w, loc, lp, wp in zip(generated.words, generated.locations, generated.location_probs,
                                         generated.word_probs)]
+    if generated.glimpses is not None:  # several glimpses per word: "location" is the likeliest of them
+        for word, glimpses in zip(words, generated.glimpses):
+            word["glimpses"] = glimpses
     return CaptionRecord(str(path), generated.text, words)
 
 

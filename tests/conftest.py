@@ -17,9 +17,10 @@ torch.set_num_threads(2)
 
 
 class TinyCase:
-    """One image (L = 4 locations), one caption of T = 3 tokens, vocabulary of 6, float64."""
+    """One image (L = 4 locations), one caption of T = 3 tokens, vocabulary of 6, float64; `glimpses`
+    hard glimpses per word (model.glimpses_per_word)."""
 
-    def __init__(self, proposal: str = "factorised", seed: int = 0, scale: float = 1.0):
+    def __init__(self, proposal: str = "factorised", seed: int = 0, scale: float = 1.0, glimpses: int = 1):
         torch.manual_seed(seed)
         self.vocabulary = Vocabulary(["<pad>", "<bos>", "<eos>", "<unk>", "red", "circle"])
         config = ModelConfig(
@@ -27,6 +28,7 @@ class TinyCase:
             embedding_dim=4, hidden_dim=6, attention_dim=4, proposal=proposal, proposal_hidden_dim=3,
             uniform_attention_init=False,  # random attention weights: the checks need non-uniform pi and q
             initial_state_dropout=0.0,  # p(y, a | x) must be one fixed distribution to enumerate
+            glimpses_per_word=glimpses,
         )
         self.model = CaptionModel(config, self.vocabulary, image_size=16).double()
         # Draw the decoder's and proposal's weights from their own generator, so the case does not
@@ -40,10 +42,20 @@ class TinyCase:
         self.text = encode_captions(["red circle"], self.vocabulary)
         self.num_locations = 4
         self.steps = self.text.inputs.shape[1]
+        self.glimpses = glimpses
 
     def all_paths(self) -> torch.Tensor:
-        """Every location sequence, (L**T, T)."""
-        return torch.tensor(list(itertools.product(range(self.num_locations), repeat=self.steps)))
+        """Every location sequence, (L**T, T); with G glimpses per word (L**(T*G), T, G), in the order of
+        itertools.product over the T*G locations."""
+        g = self.glimpses
+        paths = torch.tensor(list(itertools.product(range(self.num_locations), repeat=self.steps * g)))
+        return paths if g == 1 else paths.view(-1, self.steps, g)
+
+    def path_index(self, paths: torch.Tensor) -> torch.Tensor:
+        """The row of all_paths() of each path (N, T) or (N, T, G): (N,)."""
+        flat = paths.reshape(len(paths), -1)
+        powers = self.num_locations ** torch.arange(flat.shape[1] - 1, -1, -1)
+        return (flat * powers).sum(-1)
 
     def exact_terms(self):
         """log p(y|a,x), log p(a|x) and log q(a|y,x) for every path, each (L**T,)."""

@@ -22,11 +22,11 @@ from captioner.models import fused
 from captioner.models.captioner import CaptionModel
 
 
-def _tiny(attention: str = "hard", proposal: str = "factorised") -> CaptionModel:
+def _tiny(attention: str = "hard", proposal: str = "factorised", glimpses: int = 1) -> CaptionModel:
     torch.manual_seed(0)
     config = ModelConfig(embedding_dim=6, hidden_dim=8, attention_dim=5, proposal_hidden_dim=4,
                          attention=attention, proposal=proposal, uniform_attention_init=False,
-                         initial_state_dropout=0.0)  # layouts compared on the same model, no random h_0
+                         initial_state_dropout=0.0, glimpses_per_word=glimpses)  # layouts compared on the same model, no random h_0
     vocabulary = Vocabulary(list(SPECIAL_TOKENS) + [f"w{i}" for i in range(7)])
     return CaptionModel(config, vocabulary, 24).double()
 

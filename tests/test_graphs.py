@@ -69,11 +69,12 @@ def test_learning_rate_in_a_tensor_or_a_number():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name,attention,proposal", [("wsram", "hard", "factorised"), ("var", "hard", "none"),
-                                                     ("soft", "soft", "none")])
-def test_a_replayed_update_equals_the_eager_one(name, attention, proposal):
+@pytest.mark.parametrize("name,attention,proposal,glimpses", [
+    ("wsram", "hard", "factorised", 1), ("var", "hard", "none", 1), ("soft", "soft", "none", 1),
+    ("wsram", "hard", "factorised", 2), ("var", "hard", "none", 2)])  # two glimpses per word
+def test_a_replayed_update_equals_the_eager_one(name, attention, proposal, glimpses):
     device = torch.device("cuda")
-    model = _tiny(attention, proposal).float().to(device)
+    model = _tiny(attention, proposal, glimpses).float().to(device)
     optimizer = make_optimizer([{"params": list(model.parameters())}], 1e-2, 0.0, device, capturable=True)
     generator = torch.Generator().manual_seed(3)
     text = _text([3, 2, 4, 4], generator).to(device)

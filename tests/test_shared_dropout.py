@@ -24,13 +24,13 @@ VOCABULARY = Vocabulary(["<pad>", "<bos>", "<eos>", "<unk>", "a", "red", "blue",
 CAPTIONS = ["a red circle and a blue square", "a blue square", "a red square and a red circle"]
 
 
-def _blind_model(proposal: str = "factorised", encoder: EncoderConfig | None = None) -> CaptionModel:
+def _blind_model(proposal: str = "factorised", encoder: EncoderConfig | None = None, glimpses: int = 1) -> CaptionModel:
     """Dropout on the embeddings and the deep output, uniform prior and proposal, and a decoder whose
     words do not depend on the glimpse (its LSTM input weights and deep-output weights zeroed)."""
     torch.manual_seed(0)
     config = ModelConfig(encoder=encoder or EncoderConfig(feature_dim=6, grid=2), embedding_dim=5, hidden_dim=7,
                          attention_dim=4, proposal=proposal, proposal_hidden_dim=3, dropout=0.5,
-                         embedding_dropout=0.5, uniform_attention_init=True)
+                         embedding_dropout=0.5, uniform_attention_init=True, glimpses_per_word=glimpses)
     model = CaptionModel(config, VOCABULARY, image_size=16).double().train()
     decoder = model.decoder
     with torch.no_grad():
@@ -62,8 +62,9 @@ def _assert_one_mask_per_caption(log_weights: torch.Tensor) -> None:
     ("sequential", "model", "fused"),  # a sequential proposal always runs step by step
     ("none", "prior", "fused"),  # the prior as proposal: decoder step by step, log q = log pi
 ])
-def test_the_k_samples_of_a_caption_share_their_dropout_masks(proposal, source, layout):
-    model = _blind_model(proposal)
+@pytest.mark.parametrize("glimpses", [1, 2])
+def test_the_k_samples_of_a_caption_share_their_dropout_masks(proposal, source, layout, glimpses):
+    model = _blind_model(proposal, glimpses=glimpses)
     log_weights = _log_weights(model, samples=4, source=source, layout=layout)
     _assert_one_mask_per_caption(log_weights)
     # Different captions (and so their masks) do differ: the check compares within a caption only.

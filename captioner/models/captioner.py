@@ -55,6 +55,7 @@ class CaptionModel(nn.Module, ModelHubMixin, library_name="captioner", tags=["im
             zero_init_glimpse=config.zero_init_glimpse,
             initial_state=config.initial_state,
             initial_state_dropout=config.initial_state_dropout,
+            glimpses=config.glimpses_per_word,
         )
         self.proposal = None
         if config.proposal != "none":

@@ -14,16 +14,27 @@ is then the exact log-probability of its words given the locations chosen before
 argmax and expected glimpses score the words under one location or the mean feature, neither of
 which is what the model was trained to predict from. It costs L LSTM steps per hypothesis and
 word; images are decoded in chunks that keep the (hypotheses, L, V) word table near 2^26 numbers.
+
+With several glimpses per word (the decoder's `glimpses` G > 1: G independent draws from pi_t, their
+features averaged), "argmax" takes the mode of the G draws (G times argmax pi_t, the same glimpse as
+one), "sample" draws G locations, and "marginal" sums over every G-tuple of locations (the glimpse
+is their mean, so each multiset of G locations is run once, weighted by the number of its orderings:
+L(L+1)/2 LSTM rows per hypothesis for G = 2; at most MARGINAL_TUPLES multisets). Each word then still
+reports one location: the most probable under pi_t of those it looked at; all G are in
+`GeneratedCaption.glimpses` ("expected": argmax pi_t, G times).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import itertools
+import math
+
 import torch
 
 from captioner.config import DecodeConfig
-from captioner.models.decoder import gather_locations, gumbel_argmax, log_softmax
+from captioner.models.decoder import log_softmax
 
 
 @dataclass
@@ -34,6 +45,7 @@ class GeneratedCaption:
     location_probs: list[float]  # pi_t(location) per word
     word_probs: list[float]  # p(word | ...) per word
     log_prob: float  # total log-probability of the words (with <eos>)
+    glimpses: list[list[int]] | None = None  # with several glimpses per word: all G locations of each word
 
     @property
     def text(self) -> str:
@@ -42,6 +54,21 @@ class GeneratedCaption:
 
 ATTENTION_MODES = ("argmax", "sample", "expected", "marginal")
 MARGINAL_TABLE_NUMBERS = 1 << 26
+MARGINAL_TUPLES = 1 << 14  # most multisets of G glimpse locations that marginal decoding sums over
+
+
+def glimpse_multisets(num_locations: int, glimpses: int,
+                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every multiset of G locations, as sorted tuples (C, G) with C = (L + G - 1 choose G), and the log
+    of its number of orderings, G! / prod_l (count of l)! (C,): the ordered G-tuples that share it."""
+    if glimpses == 1:
+        return (torch.arange(num_locations, device=device).unsqueeze(1),
+                torch.zeros(num_locations, dtype=torch.float64, device=device))
+    tuples = torch.tensor(list(itertools.combinations_with_replacement(range(num_locations), glimpses)),
+                          device=device)
+    counts = torch.zeros(len(tuples), num_locations, dtype=torch.float64, device=device).scatter_add_(
+        1, tuples, torch.ones(tuples.shape, dtype=torch.float64, device=device))
+    return tuples, math.lgamma(glimpses + 1) - torch.lgamma(counts + 1).sum(-1)
 
 
 def _repeated_trigram_words(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -73,8 +100,15 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
     decoder, vocabulary = model.decoder, model.vocabulary
     n, num_locations, _ = features.shape
     marginal = attention_mode == "marginal" and not decoder.soft
+    glimpses = 1 if decoder.soft else decoder.glimpses
     if marginal:
-        per_image = decode.beam_size * num_locations * len(vocabulary)
+        multisets = math.comb(num_locations + glimpses - 1, glimpses)
+        if multisets > MARGINAL_TUPLES:
+            raise ValueError(f"attention_mode 'marginal' sums over every choice of this model's {glimpses} glimpses "
+                             f"per word among {num_locations} locations, {multisets:,} of them (at most "
+                             f"{MARGINAL_TUPLES:,}); decode with 'argmax', 'sample' or 'expected'")
+        tuples, log_orderings = glimpse_multisets(num_locations, glimpses, features.device)  # (C, G), (C,)
+        per_image = decode.beam_size * len(tuples) * len(vocabulary)
         chunk = max(1, MARGINAL_TABLE_NUMBERS // per_image)
         if n > chunk:
             return [caption for start in range(0, n, chunk)
@@ -93,26 +127,36 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
     history = {key: torch.zeros(n * w, 0, dtype=dtype, device=device) for key, dtype in
                (("tokens", torch.long), ("locations", torch.long), ("location_probs", score_dtype),
                 ("word_probs", score_dtype))}
+    if glimpses > 1:
+        history["glimpses"] = torch.zeros(n * w, 0, glimpses, dtype=torch.long, device=device)
     vocab_size = len(vocabulary)
     for _ in range(max_length):
         logits = decoder.attention_logits(projected, state[0])
         log_pi = log_softmax(logits)
         probs = log_pi.exp()
         if marginal:
-            # every location at once: row (m, l) is hypothesis m looking at location l
-            m = n * w
-            repeat = (lambda x: x.repeat_interleave(num_locations, 0))
+            # every location (multiset of G) at once: row (m, c) is hypothesis m looking at tuple c
+            m, count = n * w, len(tuples)
+            repeat = (lambda x: x.repeat_interleave(count, 0))
+            if glimpses == 1:
+                every_glimpse, log_prior = features_w, log_pi
+            else:
+                every_glimpse = features_w[:, tuples].mean(2)  # (M, C, D)
+                # (M, C): the probability of drawing that multiset, in any order
+                log_prior = log_pi[:, tuples].sum(-1) + log_orderings.to(log_pi.dtype)
             word_logits, all_states = decoder.advance(
-                repeat(tokens), features_w.reshape(m * num_locations, -1), (repeat(state[0]), repeat(state[1])))
-            joint = log_pi.to(score_dtype).unsqueeze(-1) + log_softmax(word_logits).to(score_dtype).view(
-                m, num_locations, -1)  # (M, L, V): log pi_t(l) + log p(w | l)
+                repeat(tokens), every_glimpse.reshape(m * count, -1), (repeat(state[0]), repeat(state[1])))
+            joint = log_prior.to(score_dtype).unsqueeze(-1) + log_softmax(word_logits).to(score_dtype).view(
+                m, count, -1)  # (M, C, V): log pi_t(c) + log p(w | c)
             log_p = torch.logsumexp(joint, 1)
         elif decoder.soft or attention_mode == "expected":
-            location = probs.argmax(-1)
+            location = looked = probs.argmax(-1)
             glimpse = decoder.soft_glimpse(features_w, logits, state[0])
         else:
-            location = probs.argmax(-1) if attention_mode == "argmax" else gumbel_argmax(logits, generator)
-            glimpse = gather_locations(features_w, location.unsqueeze(1))[:, 0]
+            # argmax: the mode of the G draws is G times argmax pi_t, whose mean is that one feature
+            looked = probs.argmax(-1) if attention_mode == "argmax" else decoder.draw(logits, generator)
+            glimpse = decoder.hard_glimpse(features_w, looked)
+            location = looked if looked.dim() == 1 else _most_probable(probs, looked)
         if not marginal:
             word_logits, new_state = decoder.advance(tokens, glimpse, state)
             log_p = log_softmax(word_logits).to(score_dtype)
@@ -130,16 +174,22 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
         parent = parent.view(-1)
         word = (flat % vocab_size).view(-1)
         if marginal:
-            # carry on from the location most probable given the chosen word (its posterior mode)
-            chosen_location = joint[parent, :, word].argmax(-1)
-            pick = parent * num_locations + chosen_location
+            # carry on from the location (tuple) most probable given the chosen word (its posterior mode)
+            chosen_tuple = joint[parent, :, word].argmax(-1)
+            pick = parent * count + chosen_tuple
             state = (all_states[0][pick], all_states[1][pick])
+            looked_at = tuples[chosen_tuple]  # (M, G)
+            chosen_location = looked_at[:, 0] if glimpses == 1 else _most_probable(probs[parent], looked_at)
         else:
             chosen_location = location[parent]
             state = (new_state[0][parent], new_state[1][parent])
+            if glimpses > 1:
+                looked_at = (looked.unsqueeze(-1).expand(-1, glimpses) if looked.dim() == 1 else looked)[parent]
         was_finished = finished[parent]
         history = {key: value[parent] for key, value in history.items()}
         history["tokens"] = torch.cat([history["tokens"], word.unsqueeze(1)], 1)
+        if glimpses > 1:
+            history["glimpses"] = torch.cat([history["glimpses"], looked_at.unsqueeze(1)], 1)
         history["locations"] = torch.cat([history["locations"], chosen_location.unsqueeze(1)], 1)
         history["location_probs"] = torch.cat(
             [history["location_probs"], probs[parent].gather(1, chosen_location.unsqueeze(1)).to(score_dtype)], 1)
@@ -168,5 +218,11 @@ def beam_search(model, features: torch.Tensor, decode: DecodeConfig | None = Non
             location_probs=history["location_probs"][index, :keep].tolist(),
             word_probs=history["word_probs"][index, :keep].tolist(),
             log_prob=float(scores.view(-1)[index]),
+            glimpses=history["glimpses"][index, :keep].tolist() if glimpses > 1 else None,
         ))
     return results
+
+
+def _most_probable(probs: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """Of each row's G locations (M, G), the one most probable under probs (M, L): (M,)."""
+    return locations.gather(1, probs.gather(1, locations).argmax(1, keepdim=True)).squeeze(1)

@@ -8,6 +8,10 @@ Two layouts share one set of parameters:
   from the prior, expected or soft glimpses, sequential proposals and decoding.
 
 Shapes: N sequences, T steps, L locations, D feature size, H hidden size, V vocabulary.
+
+Several glimpses per word (`glimpses` G > 1, model.glimpses_per_word): a_t is then G locations drawn
+independently from pi_t, z_t the mean of their features, and log pi_t(a_t) the sum of their log
+probabilities. Locations are (N, T) with one glimpse per word and (N, T, G) with several.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from captioner.models.noise import BatchShare
 class DecoderOutput:
     word_logits: torch.Tensor  # (N, T, V): logits of y_t
     attention_logits: torch.Tensor  # (N, T, L): prior logits s_theta(F_i, h_{t-1})
-    locations: torch.Tensor | None  # (N, T) attended location a_t (None for expected/soft glimpses)
+    locations: torch.Tensor | None  # (N, T) attended location a_t, (N, T, G) with G glimpses (None: expected/soft)
     proposal_log_probs: torch.Tensor | None = None  # (N, T, L): log q_t, when drawn from a proposal
     hidden: torch.Tensor | None = None  # (N, T, H): h_1..h_T
 
@@ -53,13 +57,29 @@ def gather_locations(features: torch.Tensor, locations: torch.Tensor) -> torch.T
 
 def gather_rows(features: torch.Tensor, rows: torch.Tensor | None, locations: torch.Tensor) -> torch.Tensor:
     """features (M, L, D) of M images, rows (N,) the image of each sequence (None: M = N),
-    locations (N, T) -> glimpses (N, T, D) = features[rows[n], locations[n, t]], without first
+    locations (N, ...) -> (N, ..., D) = features[rows[n], locations[n, ...]], without first
     copying each image's grid once per sequence."""
     if rows is None:
         return gather_locations(features, locations)
     m, l, d = features.shape
-    flat = (rows.unsqueeze(1) * l + locations).reshape(-1)
+    flat = (rows.view(-1, *[1] * (locations.dim() - 1)) * l + locations).reshape(-1)
     return features.reshape(m * l, d).index_select(0, flat).reshape(*locations.shape, d)
+
+
+def draw_glimpses(logits: torch.Tensor, glimpses: int,
+                  generator: torch.Generator | BatchShare | None = None) -> torch.Tensor:
+    """Locations from softmax(logits) (..., L): one per row (...) when `glimpses` is 1, else
+    `glimpses` independent ones (..., G)."""
+    if glimpses == 1:
+        return gumbel_argmax(logits, generator)
+    return gumbel_argmax(logits.unsqueeze(-2).expand(*logits.shape[:-1], glimpses, logits.shape[-1]), generator)
+
+
+def log_probs_at(log_probs: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """log_probs (..., L) at locations (...) -> (...); or at several per row, (..., G) -> summed, (...)."""
+    if locations.dim() == log_probs.dim():
+        return log_probs.gather(-1, locations).sum(-1)
+    return log_probs.gather(-1, locations.unsqueeze(-1)).squeeze(-1)
 
 
 # A sequential proposal: (step t, h_{t-1} (N, H), prior log-probs (N, L)) -> proposal log-probs (N, L).
@@ -99,11 +119,16 @@ class AttentionDecoder(nn.Module):
         zero_init_glimpse: bool = False,
         initial_state: str = "mean_feature",
         initial_state_dropout: float = 0.0,
+        glimpses: int = 1,
     ):
         super().__init__()
         if initial_state not in ("mean_feature", "learned"):
             raise ValueError(f"initial_state must be 'mean_feature' or 'learned', got {initial_state!r}")
+        if glimpses < 1 or (soft and glimpses != 1):
+            raise ValueError(f"glimpses: one or more per word for hard attention, one for soft attention (whose "
+                             f"glimpse is already the expectation), got {glimpses}")
         self.soft = soft
+        self.glimpses = glimpses
         self.initial_state_from = initial_state
         self.initial_state_dropout = initial_state_dropout
         # Where set, a 0-dim tensor on the device that holds the rate the draw compares with, filled
@@ -173,6 +198,22 @@ class AttentionDecoder(nn.Module):
         deep = torch.tanh(embedded + self.out_hidden(hidden) + self.out_glimpse(glimpse))
         return self.out_word(self.dropout(deep, group))
 
+    def hard_glimpse(self, features: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
+        """z_t for one step: features (N, L, D) at location (N,) -> (N, D); with several glimpses,
+        location (N, G) -> the mean of their features (N, D)."""
+        if location.dim() == 2:
+            return gather_locations(features, location).mean(1)
+        return gather_locations(features, location.unsqueeze(1))[:, 0]
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator | BatchShare | None = None) -> torch.Tensor:
+        """This decoder's glimpse locations from softmax(logits) (N, L): (N,), or (N, G) with G glimpses."""
+        return draw_glimpses(logits, self.glimpses, generator)
+
+    def mode(self, logits: torch.Tensor) -> torch.Tensor:
+        """The most probable glimpse: argmax pi_t (N,), or G times it (N, G), the mode of G independent draws."""
+        location = logits.argmax(-1)
+        return location if self.glimpses == 1 else location.unsqueeze(-1).expand(-1, self.glimpses)
+
     def soft_glimpse(self, features: torch.Tensor, logits: torch.Tensor, hidden_prev: torch.Tensor) -> torch.Tensor:
         """sum_i pi_i F_i, gated by beta for the soft model. logits (N, L) -> (N, D)."""
         glimpse = torch.einsum("nl,nld->nd", logits.softmax(-1), features)
@@ -202,7 +243,7 @@ class AttentionDecoder(nn.Module):
         rows: torch.Tensor | None = None, group: int = 1,
     ) -> DecoderOutput:
         """Teacher forcing with all locations known. features (M, L, D), inputs (N, T) = y_0..y_{T-1},
-        locations (N, T); rows (N,) the image of each sequence (None: M = N); each `group`
+        locations (N, T) (or (N, T, G), G glimpses per word); rows (N,) the image of each sequence (None: M = N); each `group`
         consecutive sequences (the K samples of one caption) share their dropout masks. One LSTM
         call over the sequence; prior logits for all t in one op. Per-image work (the feature half
         of the attention, h_0 and c_0) runs once per image however many sequences read it."""
@@ -210,6 +251,8 @@ class AttentionDecoder(nn.Module):
             raise ValueError("soft attention has no locations; use forward_stepwise(mode='soft')")
         embedded = self.embed(inputs, group)
         glimpses = gather_rows(features, rows, locations)
+        if locations.dim() == 3:  # several glimpses per word: their mean
+            glimpses = glimpses.mean(2)
         # one grid per image (rows given): its captions and their samples share the image's draw
         h0, c0 = self.initial_state(features, 1 if rows is not None else group)
         if rows is not None:
@@ -247,19 +290,19 @@ class AttentionDecoder(nn.Module):
             if mode == "given":
                 location = locations[:, t]
             elif mode == "prior":
-                location = gumbel_argmax(logits, generator)
+                location = self.draw(logits, generator)
             elif mode == "argmax":
-                location = logits.argmax(-1)
+                location = self.mode(logits)
             elif mode == "proposal":
                 log_q = proposal(t, state[0], log_softmax(logits))
                 proposal_log_probs.append(log_q)
-                location = gumbel_argmax(log_q, generator)
+                location = self.draw(log_q, generator)
             elif mode not in ("expected", "soft"):
                 raise ValueError(f"unknown glimpse mode {mode!r}")
             if location is None:
                 glimpse = self.soft_glimpse(features, logits, state[0])
             else:
-                glimpse = gather_locations(features, location.unsqueeze(1))[:, 0]
+                glimpse = self.hard_glimpse(features, location)
                 chosen.append(location)
             step_logits, state = self.advance(inputs[:, t], glimpse, state, group)
             word_logits.append(step_logits)
@@ -286,7 +329,7 @@ class AttentionDecoder(nn.Module):
         """Ancestral samples (y, a) ~ p_theta(y, a | x) for the sleep update.
 
         Returns inputs (N, T) = y_0..y_{T-1}, targets (N, T) = y_1..y_T padded after <eos>, and
-        locations (N, T)."""
+        locations (N, T) (or (N, T, G))."""
         n = features.shape[0]
         projected = self.project_features(features)
         state = self.initial_state(features)
@@ -294,9 +337,8 @@ class AttentionDecoder(nn.Module):
         finished = torch.zeros(n, dtype=torch.bool, device=features.device)
         inputs, targets, chosen = [], [], []
         for _ in range(max_length):
-            location = gumbel_argmax(self.attention_logits(projected, state[0]), generator)
-            glimpse = gather_locations(features, location.unsqueeze(1))[:, 0]
-            logits, state = self.advance(token, glimpse, state)
+            location = self.draw(self.attention_logits(projected, state[0]), generator)
+            logits, state = self.advance(token, self.hard_glimpse(features, location), state)
             word = gumbel_argmax(logits, generator)
             if len(targets) == max_length - 1:
                 word = torch.full_like(word, eos_id)  # every sample ends with <eos>
@@ -324,5 +366,6 @@ def word_log_probs(word_logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 def location_log_probs(attention_logits: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-    """log pi_t(a_t): (N, T, L), (N, T) -> (N, T)."""
-    return log_softmax(attention_logits).gather(-1, locations.unsqueeze(-1)).squeeze(-1)
+    """log pi_t(a_t): (N, T, L), (N, T) -> (N, T); with several glimpses, locations (N, T, G) -> the
+    sum over them, (N, T)."""
+    return log_probs_at(log_softmax(attention_logits), locations)

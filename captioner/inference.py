@@ -166,7 +166,7 @@ def caption_files(
             generated = beam_search(model, features, decode)
         for (path, image), caption in zip(batch, generated):
             if attention_dir is not None:
-                plot_attention(image, caption.words, caption.locations, grid,
+                plot_attention(image, caption.words, caption.glimpses or caption.locations, grid,
                                Path(attention_dir) / _picture_name(path, written), caption.location_probs)
             yield _record(path, caption)
         batch.clear()

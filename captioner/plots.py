@@ -46,13 +46,14 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str | Pa
     return save_figure(figure, path, dpi=110)
 
 
-def plot_attention(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,
+def plot_attention(image: np.ndarray, words: Sequence[str], locations: Sequence[int | Sequence[int]], grid: int,
                    path: str | Path, location_probs: Sequence[float] | None = None, columns: int = 6) -> Path:
-    """The image, then one panel per word with the attended cell highlighted (Show-Attend-Tell style)."""
+    """The image, then one panel per word with the attended cell highlighted (Show-Attend-Tell style);
+    a word's entry of `locations` may list several cells (several glimpses per word): all are shown."""
     return save_figure(attention_figure(image, words, locations, grid, location_probs, columns), path, dpi=100)
 
 
-def attention_figure(image: np.ndarray, words: Sequence[str], locations: Sequence[int], grid: int,
+def attention_figure(image: np.ndarray, words: Sequence[str], locations: Sequence[int | Sequence[int]], grid: int,
                      location_probs: Sequence[float] | None = None, columns: int = 6):
     """The matplotlib figure of `plot_attention`: panel 0 the image, panel t+1 word t over its cell."""
     panels = len(words) + 1
@@ -69,13 +70,15 @@ def attention_figure(image: np.ndarray, words: Sequence[str], locations: Sequenc
             axis.set_title("image", fontsize=9)
             continue
         t = index - 1
-        row, col = divmod(int(locations[t]), grid)
+        cells = sorted({int(c) for c in locations[t]}) if isinstance(locations[t], Sequence) else [int(locations[t])]
         axis.imshow((image * 0.35).astype(np.uint8))
-        axis.imshow(image[int(row * cell_h):int((row + 1) * cell_h), int(col * cell_w):int((col + 1) * cell_w)],
-                    extent=(col * cell_w - 0.5, (col + 1) * cell_w - 0.5, (row + 1) * cell_h - 0.5,
-                            row * cell_h - 0.5))
-        axis.add_patch(Rectangle((col * cell_w - 0.5, row * cell_h - 0.5), cell_w, cell_h, fill=False,
-                                 edgecolor="yellow", linewidth=2))
+        for cell in cells:
+            row, col = divmod(cell, grid)
+            axis.imshow(image[int(row * cell_h):int((row + 1) * cell_h), int(col * cell_w):int((col + 1) * cell_w)],
+                        extent=(col * cell_w - 0.5, (col + 1) * cell_w - 0.5, (row + 1) * cell_h - 0.5,
+                                row * cell_h - 0.5))
+            axis.add_patch(Rectangle((col * cell_w - 0.5, row * cell_h - 0.5), cell_w, cell_h, fill=False,
+                                     edgecolor="yellow", linewidth=2))
         axis.set_xlim(-0.5, width - 0.5)
         axis.set_ylim(height - 0.5, -0.5)
         title = words[t] if location_probs is None else f"{words[t]} ({location_probs[t]:.2f})"

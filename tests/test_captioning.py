@@ -149,6 +149,11 @@ def test_attention_picture_has_one_panel_per_word_plus_the_image(tmp_path):
         plt.close(figure)
     path = plot_attention(image, ["a", "dog"], [0, 3], 2, tmp_path / "p.png")
     assert path.stat().st_size > 1000
+    # several glimpses per word: every cell a word looked at is outlined (a repeated cell once)
+    figure = attention_figure(image, ["a", "dog"], [[0, 3], [2, 2]], 2)
+    outlined = [len(axis.patches) for axis in figure.axes if axis.images][1:]
+    assert outlined == [2, 1]
+    plt.close(figure)
 
 
 def test_trigram_blocking_bans_exactly_the_words_that_repeat_a_trigram():

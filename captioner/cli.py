@@ -12,6 +12,8 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import yaml  # noqa: E402
+
 from captioner.config import ConfigError, DecodeConfig, config_for_estimator, load_config  # noqa: E402
 from captioner.errors import CaptionerError  # noqa: E402
 from captioner.outputs import check_file_writable, check_folder_writable, output_error, writing  # noqa: E402
@@ -161,6 +163,10 @@ def command_train(args: argparse.Namespace) -> int:
     from captioner.experiment import format_scores, run_experiment
 
     config = _build_config(args)
+    if args.check_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print("the settings are valid; nothing was trained (--check-config)", file=sys.stderr)
+        return 0
     check_folder_writable(args.out)
     try:
         metrics = run_experiment(config, args.out, resume=args.resume)
@@ -442,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "each, and rank 0 writes the files.")
     train.add_argument("--out", type=Path, required=True, help="output folder")
     train.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/latest.pt")
+    train.add_argument("--check-config", action="store_true",
+                       help="check the settings (the config file, every --set and how they combine), print them "
+                       "as YAML and exit: nothing is read, trained or written (exit 2 with the reason if refused)")
     _common_training_arguments(train)
     train.set_defaults(handler=command_train)
 

@@ -70,8 +70,6 @@ done
 run_name() { if [ "$2" = - ]; then echo "$1"; else echo "$1-$2"; fi; }  # arm, variant -> the run's name without -sSEED
 sets_of() { local var=VSETS_${1/-/_}; echo "${!var}"; }  # variant -> its --set overrides
 export -f run_name sets_of
-mkdir -p "$CACHE" "$OUT/runs"
-[ "$DEVICE" = cpu ] || python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: this script trains on a GPU')"
 BASE="--set data.root=$ROOT --set train.device=$DEVICE"
 for extra in ${EXTRA_SETS:-}; do BASE="$BASE --set $extra"; done
 SETS="--set data.features=$CACHE/lite2-block20 $BASE"
@@ -99,6 +97,13 @@ args() {  # arm -> the config and its overrides
   esac
 }
 export -f args; export SETS TUNE FLIP EMA NOEMA SGF OUT
+for variant in $NAMES; do for arm in $ARMS; do  # every run's settings, checked before anything is written
+  name=$(run_name "$arm" "$variant")
+  captioner train $(args "$arm") $(sets_of "$variant") --out "$OUT/runs/$name-s0" --check-config > /dev/null \
+    || { echo "VARIANTS: the settings of $name are refused (above)" >&2; exit 2; }
+done; done
+mkdir -p "$CACHE" "$OUT/runs"
+[ "$DEVICE" = cpu ] || python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: this script trains on a GPU')"
 
 case " $ARMS " in *\ soft\ *|*\ k20\ *|*\ k40\ *|*\ k80\ *|*flip\ *|*\ k40q\ *|*\ softema\ *|*\ k40qema\ *)
   captioner extract $(args k40) --device "$DEVICE" --storage int8 --quiet ;; esac

@@ -106,3 +106,18 @@ def test_help_runs_as_a_console_command():
     assert result.returncode == 0
     for command in ("demo", "train", "evaluate", "caption"):
         assert command in result.stdout
+
+
+def test_train_check_config_prints_the_settings_and_writes_nothing(tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--check-config", "--set", "model.glimpses_per_word=2",
+                 "--estimator", "var"]) == 0
+    printed = capsys.readouterr()
+    settings = yaml.safe_load(printed.out)
+    assert settings["model"]["glimpses_per_word"] == 2 and settings["estimator"]["name"] == "var"
+    assert "nothing was trained" in printed.err and not out.exists()
+    assert main(["train", "--out", str(out), "--check-config", "--estimator", "soft",
+                 "--set", "model.glimpses_per_word=2"]) == 2
+    assert "model.glimpses_per_word: soft attention's glimpse" in capsys.readouterr().err and not out.exists()

@@ -99,18 +99,23 @@ def test_the_attention_script_runs_every_step_on_a_tiny_cpu_setting(flickr8k_roo
         assert (out / "test_scores_java.json").is_file()
 
 
-@pytest.mark.parametrize("variants, complaint", [
-    ("isd025", "is not NAME:KEY=VALUE"),                                  # no overrides
-    ("isd-025:model.initial_state_dropout=0.25", "is not NAME:KEY=VALUE"),  # a dash would blur -sSEED
-    ("a:model.dropout=0.1 a:model.dropout=0.2", "each name once"),
-    ("- -", "each name once"),
-    ("a:model.dropout", "'model.dropout' in 'a:model.dropout' is not KEY=VALUE"),
+@pytest.mark.parametrize("variants, complaints", [
+    ("isd025", ["is not NAME:KEY=VALUE"]),                                  # no overrides
+    ("isd-025:model.initial_state_dropout=0.25", ["is not NAME:KEY=VALUE"]),  # a dash would blur -sSEED
+    ("a:model.dropout=0.1 a:model.dropout=0.2", ["each name once"]),
+    ("- -", ["each name once"]),
+    ("a:model.dropout", ["'model.dropout' in 'a:model.dropout' is not KEY=VALUE"]),
+    # well formed, but refused by the settings check of `captioner train --check-config`, naming the run
+    ("g2:model.glimpses_per_word=2", ["soft attention's glimpse is already the expectation",  # soft: one glimpse
+                                      "the settings of softtuneema-g2 are refused"]),
+    ("b:model.dropout=1.5", ["model.dropout: must lie in [0, 1), got 1.5", "the settings of k40tuneqema-b are refused"]),
 ])
-def test_the_attention_script_refuses_malformed_variants(flickr8k_root, tmp_path, variants, complaint):
+def test_the_attention_script_refuses_malformed_variants(flickr8k_root, tmp_path, variants, complaints):
     result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_flickr8k_attention.sh"), str(flickr8k_root),
                              str(tmp_path / "c"), str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "VARIANTS": variants})
-    assert result.returncode == 2 and complaint in result.stderr
+                            env={**os.environ, "VARIANTS": variants, "ARMS": "k40tuneqema softtuneema",
+                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 2 and all(complaint in result.stderr for complaint in complaints), result.stderr
     assert not (tmp_path / "o").exists()  # refused before anything is written
 
 

@@ -34,7 +34,7 @@ def _common_training_arguments(parser: argparse.ArgumentParser) -> None:
                         "train, decode); a run's config.yaml is a complete example")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set train.epochs=3 (repeatable)")
-    parser.add_argument("--estimator", choices=("wsram", "var", "soft"),
+    parser.add_argument("--estimator", choices=("wsram", "var", "vimco", "soft"),
                         help="training objective (default: the config's, else wsram)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -169,8 +169,8 @@ class ModelConfig:
 class EstimatorConfig:
     """The training objective and its options (see shared/design/wsram.md)."""
 
-    name: Literal["wsram", "var", "soft"] = "wsram"
-    # WS-RAM
+    name: Literal["wsram", "var", "vimco", "soft"] = "wsram"
+    # WS-RAM (and VIMCO: K samples from the prior, leave-one-out baselines, no proposal; K >= 2)
     samples: int = 5  # K
     control_variates: bool = True  # c^q = 1/K for the proposal (c^p: research.prior_control_variate)
     sleep_update: bool = False
@@ -552,6 +552,8 @@ def validate(config: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: must lie in [0, 1), got {value}")
     probability("model.initial_state_dropout", m.initial_state_dropout)  # 1: never the mean feature
     positive("estimator.samples", e.samples)
+    if e.name == "vimco" and e.samples < 2:
+        raise ConfigError(f"estimator.samples: VIMCO's baselines leave one of the K samples out, so K >= 2, got {e.samples}")
     probability("estimator.defensive_weight", e.defensive_weight)
     probability("estimator.expected_glimpse_probability", e.expected_glimpse_probability)
     probability("estimator.baseline_decay", e.baseline_decay)
@@ -639,7 +641,7 @@ def config_for_estimator(name: str, base: dict[str, Any] | None = None) -> dict[
     if name == "soft":
         model.setdefault("attention", "soft")
         model.setdefault("proposal", "none")
-    elif name == "var":
+    elif name in ("var", "vimco"):
         model.setdefault("proposal", "none")
     data["model"] = model
     data["estimator"] = {**data.get("estimator", {}), "name": name}

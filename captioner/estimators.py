@@ -1,4 +1,4 @@
-"""Training objectives: WS-RAM, VAR (REINFORCE) and soft attention (shared/design/wsram.md).
+"""Training objectives: WS-RAM, VAR (REINFORCE), VIMCO and soft attention (shared/design/wsram.md).
 
 Each estimator maps (model, per-caption feature grids, caption text) to a scalar loss (mean over
 captions) and a dict of diagnostics. The math lives in small pure functions on (B, K) tensors so
@@ -82,6 +82,29 @@ def wsram_surrogate(
     loss = loss - (coefficients["locations"] * (log_p_locations if prior_term is None else prior_term)).sum(-1)
     loss = loss - (coefficients["proposal"] * log_q).sum(-1)
     return SurrogateTerms(loss, likelihood_bound_from_log_weights(log_weights.detach()), weights, coefficients)
+
+
+def vimco_surrogate(log_p_words: torch.Tensor, log_p_locations: torch.Tensor) -> SurrogateTerms:
+    """VIMCO (Mnih and Rezende 2016) for K >= 2 samples per caption drawn from the prior itself, each
+    argument (B, K): log p(y | a^k, x) and log p(a^k | x). The weights are w_k = p(y | a^k, x) and
+
+        loss = - sum_k sg(w~_k) log p(y|a^k,x) - sum_k sg(L_K - L_K^{-k}) log p(a^k|x)
+
+    where L_K^{-k} is L_K with log w_k replaced by the mean of the other K - 1 log-weights: a baseline
+    for sample k that does not depend on a^k, so the gradient is an unbiased estimate of grad E[L_K]."""
+    k = log_p_words.shape[-1]
+    if k < 2:
+        raise ValueError(f"VIMCO needs K >= 2 samples per caption (its baselines leave one out), got {k}")
+    log_w = log_p_words.detach()
+    bound = likelihood_bound_from_log_weights(log_w)
+    mean_of_others = (log_w.sum(-1, keepdim=True) - log_w) / (k - 1)  # (B, K)
+    eye = torch.eye(k, dtype=torch.bool, device=log_w.device)
+    # row k of (B, K, K): the K log-weights with the k-th replaced by the mean of the others
+    replaced = torch.where(eye, mean_of_others.unsqueeze(-1), log_w.unsqueeze(-2))
+    signal = bound.unsqueeze(-1) - likelihood_bound_from_log_weights(replaced)
+    weights = normalized_weights(log_w)
+    loss = -(weights * log_p_words).sum(-1) - (signal * log_p_locations).sum(-1)
+    return SurrogateTerms(loss, bound, weights, {"words": weights, "locations": signal})
 
 
 def step_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -343,6 +366,24 @@ def var_loss(model, features, text: CaptionText, config: EstimatorConfig, baseli
     return EstimatorResult(loss.mean(), diagnostics)
 
 
+def vimco_loss(model, features, text: CaptionText, config: EstimatorConfig,
+               generator: torch.Generator | None = None, rows: torch.Tensor | None = None) -> EstimatorResult:
+    """VIMCO: K location sequences per caption drawn from the prior step by step (one dropout mask per
+    caption, as for WS-RAM), the words trained by the self-normalised weights and the prior by
+    REINFORCE with leave-one-out baselines (`vimco_surrogate`); no proposal network."""
+    drawn = draw_locations(model, features, text, config.samples, "prior", generator=generator, rows=rows)
+    terms = vimco_surrogate(drawn.log_p_words, drawn.log_p_locations)
+    weights = terms.weights
+    diagnostics = {
+        "bound": terms.bound.mean(),
+        "ess_per_k": (effective_sample_size(weights) / weights.shape[-1]).mean(),
+        "max_weight": weights.max(-1).values.mean(),
+        "prior_entropy": drawn.prior_entropy.mean().detach(),
+        "nll_words": -(weights * drawn.log_p_words.detach()).sum(-1).mean(),
+    }
+    return EstimatorResult(terms.loss.mean(), diagnostics)
+
+
 def soft_loss(model, features, text: CaptionText, config: EstimatorConfig,
               rows: torch.Tensor | None = None) -> EstimatorResult:
     """Soft attention: NLL + lambda * sum_i (1 - sum_t pi_t(i))^2."""
@@ -360,12 +401,14 @@ def soft_loss(model, features, text: CaptionText, config: EstimatorConfig,
 def compute_loss(model, features, text: CaptionText, config: EstimatorConfig, baseline: ReinforceBaseline,
                  generator: torch.Generator | None = None, rows: torch.Tensor | None = None,
                  research: ResearchConfig | None = None) -> EstimatorResult:
-    """Dispatch on config.name: 'wsram', 'var' or 'soft'. features (N, L, D), one grid per caption;
+    """Dispatch on config.name: 'wsram', 'var', 'vimco' or 'soft'. features (N, L, D), one grid per caption;
     or (M, L, D), one per image, with rows (N,) naming each caption's image."""
     if config.name == "wsram":
         return wsram_loss(model, features, text, config, generator, rows, research)
     if config.name == "var":
         return var_loss(model, features, text, config, baseline, generator, rows)
+    if config.name == "vimco":
+        return vimco_loss(model, features, text, config, generator, rows)
     if config.name == "soft":
         return soft_loss(model, features, text, config, rows)
     raise ValueError(f"estimator.name: unknown estimator {config.name!r}")

@@ -28,7 +28,7 @@ from captioner.plots import plot_learning_curves
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--estimators", nargs="+", default=["wsram", "var", "soft"], choices=["wsram", "var", "soft"])
+    parser.add_argument("--estimators", nargs="+", default=["wsram", "var", "soft"], choices=["wsram", "var", "vimco", "soft"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

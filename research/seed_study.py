@@ -33,8 +33,8 @@ def parse_arm(text: str) -> tuple[str, list[int], list[str]]:
     else:
         seed_list = [int(s) for s in seeds.split(",") if s]
     extra = overrides.split(",") if overrides else []
-    if name.split("-")[0] not in ("wsram", "var", "soft") or not seed_list:
-        raise SystemExit(f"--arm {text!r}: expected NAME:SEEDS[=OVERRIDES], NAME starting with wsram, var or soft")
+    if name.split("-")[0] not in ("wsram", "var", "vimco", "soft") or not seed_list:
+        raise SystemExit(f"--arm {text!r}: expected NAME:SEEDS[=OVERRIDES], NAME starting with wsram, var, vimco or soft")
     return name, seed_list, extra
 
 

@@ -29,6 +29,7 @@ def tiny_config(estimator: str, *extra: str):
     # two hard glimpses per word, with the sleep update (model.glimpses_per_word)
     ("wsram", ("model.glimpses_per_word=2", "estimator.sleep_update=true")),
     ("var", ("model.glimpses_per_word=2",)),
+    ("vimco", ()),
     # all 5 captions of each image, in 6 length-bucketed batches of 10: both runs stop within epoch 1
     ("wsram", ("train.captions_per_image=0", "train.batch_size=2", "train.length_bucketing=true")),
     ("soft", ("train.length_bucketing=true",)),

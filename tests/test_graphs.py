@@ -71,7 +71,8 @@ def test_learning_rate_in_a_tensor_or_a_number():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name,attention,proposal,glimpses", [
     ("wsram", "hard", "factorised", 1), ("var", "hard", "none", 1), ("soft", "soft", "none", 1),
-    ("wsram", "hard", "factorised", 2), ("var", "hard", "none", 2)])  # two glimpses per word
+    ("wsram", "hard", "factorised", 2), ("var", "hard", "none", 2),  # two glimpses per word
+    ("vimco", "hard", "none", 1)])
 def test_a_replayed_update_equals_the_eager_one(name, attention, proposal, glimpses):
     device = torch.device("cuda")
     model = _tiny(attention, proposal, glimpses).float().to(device)

@@ -19,6 +19,31 @@ from captioner.step import make_optimizer, set_learning_rate, training_update
 from tests.test_fast_path import _text, _tiny
 
 
+def _eager_result(model, optimizer) -> tuple[list, list, list]:
+    """After an eager update: the parameters, their gradients and Adam's second moments."""
+    params = list(model.parameters())
+    return ([p.detach().clone() for p in params], [None if p.grad is None else p.grad.detach().clone() for p in params],
+            [optimizer.state[p]["exp_avg_sq"].clone() if "exp_avg_sq" in optimizer.state.get(p, {}) else None
+             for p in params])
+
+
+def _assert_same_update(model, eager: tuple[list, list, list]) -> None:
+    """The replayed update computed the eager one's gradients and left its parameters. Where Adam's
+    second moment is at float noise (sqrt(v) < 1e-6: a gradient that has only ever been rounding error,
+    such as a bias just before a batch norm, whose true gradient is 0), the step is about lr x noise /
+    (noise + eps), so a 1e-8 difference in the order of a sum moves it by a good part of lr (measured on
+    an H100: gradients 4e-9 apart, parameters 4e-3); there the gradients must agree, the parameters need not."""
+    after, grads, second_moments = eager
+    for (name, p), q, g, v in zip(model.named_parameters(), after, grads, second_moments):
+        if g is None:
+            assert p.grad is None, name
+            torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+            continue
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} gradient: {m}")
+        noise = v.sqrt() < 1e-6 if v is not None else torch.zeros_like(p, dtype=torch.bool)
+        torch.testing.assert_close(p[~noise], q[~noise], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 def _put_back(model, optimizer, saved_model: dict, saved_optimizer: dict) -> None:
     """Copy saved states back into the very tensors (a graph reads those). The optimiser state of a
     parameter is found by its place in the parameter list, by identity (list.index would compare
@@ -100,7 +125,7 @@ def test_a_replayed_update_equals_the_eager_one(name, attention, proposal, glimp
                  None if baseline.value is None else baseline.value.clone())
         seed(i)
         eager = {k: v.clone() for k, v in update(images[i], rows, text).items()}
-        after = [p.detach().clone() for p in model.parameters()]
+        result = _eager_result(model, optimizer)
         _put_back(model, optimizer, state[0], state[1])
         if state[2] is not None:
             baseline.value.copy_(state[2])
@@ -109,8 +134,7 @@ def test_a_replayed_update_equals_the_eager_one(name, attention, proposal, glimp
         assert graphed.replays == i
         for key in eager:
             torch.testing.assert_close(replayed[key], eager[key], rtol=1e-5, atol=1e-6)
-        for p, q in zip(model.parameters(), after):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        _assert_same_update(model, result)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -146,12 +170,11 @@ def test_a_decaying_initial_state_dropout_replays_as_the_eager_update():
         state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
         seed(i, value)
         eager = {k: v.clone() for k, v in update(images[i], rows, text).items()}
-        after = [p.detach().clone() for p in model.parameters()]
+        result = _eager_result(model, optimizer)
         _put_back(model, optimizer, state[0], state[1])
         seed(i, value)
         replayed = graphed(images[i], rows, text, variant=(value > 0.0,))
         for key in eager:
             torch.testing.assert_close(replayed[key], eager[key], rtol=1e-5, atol=1e-6)
-        for p, q in zip(model.parameters(), after):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        _assert_same_update(model, result)
     assert {key[0] for key in graphed.graphs} == {(True,), (False,)} and graphed.replays == 4

@@ -271,6 +271,20 @@ def _per_caption(features: torch.Tensor, rows: torch.Tensor | None) -> torch.Ten
     return features if rows is None else features.index_select(0, rows)
 
 
+def _sample_diagnostics(terms: SurrogateTerms, drawn: LocationSamples, **extra: torch.Tensor) -> dict:
+    """The logged diagnostics of a multi-sample estimator (scalars): L_K, ESS/K, the largest weight, the
+    prior's entropy, any `extra`, and the weighted word NLL."""
+    weights = terms.weights
+    return {
+        "bound": terms.bound.mean(),
+        "ess_per_k": (effective_sample_size(weights) / weights.shape[-1]).mean(),
+        "max_weight": weights.max(-1).values.mean(),
+        "prior_entropy": drawn.prior_entropy.mean().detach(),
+        **extra,
+        "nll_words": -(weights * drawn.log_p_words.detach()).sum(-1).mean(),
+    }
+
+
 def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
                generator: torch.Generator | None = None, rows: torch.Tensor | None = None,
                research: ResearchConfig | None = None) -> EstimatorResult:
@@ -292,16 +306,8 @@ def wsram_loss(model, features, text: CaptionText, config: EstimatorConfig,
                             research.prior_control_variate and not expected,
                             prior_term=drawn.expected_log_p_locations if expected else None)
     loss = terms.loss.mean()
-    weights = terms.weights
-    diagnostics = {
-        "bound": terms.bound.mean(),
-        "ess_per_k": (effective_sample_size(weights) / weights.shape[-1]).mean(),
-        "max_weight": weights.max(-1).values.mean(),
-        "prior_entropy": drawn.prior_entropy.mean().detach(),
-        "proposal_entropy": drawn.proposal_entropy.mean().detach(),
-        "log_q_minus_log_prior": (drawn.log_q - drawn.log_p_locations).mean().detach(),
-        "nll_words": -(weights * drawn.log_p_words.detach()).sum(-1).mean(),
-    }
+    diagnostics = _sample_diagnostics(terms, drawn, proposal_entropy=drawn.proposal_entropy.mean().detach(),
+                                      log_q_minus_log_prior=(drawn.log_q - drawn.log_p_locations).mean().detach())
     if config.sleep_update:
         sleep = sleep_loss(model, _per_caption(features, rows), generator)
         loss = loss + config.sleep_weight * sleep
@@ -373,15 +379,7 @@ def vimco_loss(model, features, text: CaptionText, config: EstimatorConfig,
     REINFORCE with leave-one-out baselines (`vimco_surrogate`); no proposal network."""
     drawn = draw_locations(model, features, text, config.samples, "prior", generator=generator, rows=rows)
     terms = vimco_surrogate(drawn.log_p_words, drawn.log_p_locations)
-    weights = terms.weights
-    diagnostics = {
-        "bound": terms.bound.mean(),
-        "ess_per_k": (effective_sample_size(weights) / weights.shape[-1]).mean(),
-        "max_weight": weights.max(-1).values.mean(),
-        "prior_entropy": drawn.prior_entropy.mean().detach(),
-        "nll_words": -(weights * drawn.log_p_words.detach()).sum(-1).mean(),
-    }
-    return EstimatorResult(terms.loss.mean(), diagnostics)
+    return EstimatorResult(terms.loss.mean(), _sample_diagnostics(terms, drawn))
 
 
 def soft_loss(model, features, text: CaptionText, config: EstimatorConfig,

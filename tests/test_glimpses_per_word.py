@@ -23,7 +23,7 @@ from captioner.estimators import (
 from captioner.models.decode import beam_search, glimpse_multisets
 from captioner.models.decoder import location_log_probs, log_softmax, word_log_probs
 from tests.conftest import TinyCase
-from tests.test_wsram_checks import _chi_square, _expected_bound
+from tests.test_wsram_checks import _chi_square, _expected_bound, glimpses_fed_to_the_lstm
 
 G = 2
 # 0.999 quantile of the chi-square distribution with 15 degrees of freedom (4 x 4 location pairs).
@@ -194,14 +194,7 @@ def test_pairs_follow_q_and_the_prior():
                                              ("sequential", "model")])
 def test_glimpse_is_the_mean_feature_of_the_locations_in_the_weights(proposal, source):
     case = _case(seed=15, proposal=proposal)
-    inputs_seen = []
-    handle = case.model.decoder.lstm.register_forward_hook(lambda m, args, out: inputs_seen.append(args[0]))
-    try:
-        drawn = draw_locations(case.model, case.features, case.text, 6, source,
-                               generator=torch.Generator().manual_seed(16))
-    finally:
-        handle.remove()
-    glimpses = torch.cat(inputs_seen, 1)[..., case.model.config.embedding_dim:]  # (K, T, D)
+    glimpses, drawn = glimpses_fed_to_the_lstm(case, source)  # (K, T, D)
     locations = drawn.locations[0]  # (K, T, G)
     assert locations.shape == (6, 3, G) and bool((locations[..., 0] != locations[..., 1]).any())
     torch.testing.assert_close(glimpses, case.features[0][locations].mean(2), atol=1e-15, rtol=0)

@@ -281,18 +281,24 @@ def test_check6_samples_follow_the_prior():
     assert _chi_square(torch.bincount(chosen[:, 1], minlength=4).double(), pi1) < CHI_SQUARE_3_DF_999
 
 
+def glimpses_fed_to_the_lstm(case: TinyCase, source: str, samples: int = 6):
+    """Draw `samples` paths for the case's caption; return the glimpses the decoder's LSTM read,
+    (K, T, D), and the draw."""
+    inputs_seen = []
+    handle = case.model.decoder.lstm.register_forward_hook(lambda m, args, out: inputs_seen.append(args[0]))
+    try:
+        drawn = draw_locations(case.model, case.features, case.text, samples, source,
+                               generator=torch.Generator().manual_seed(16))
+    finally:
+        handle.remove()
+    return torch.cat(inputs_seen, 1)[..., case.model.config.embedding_dim:], drawn
+
+
 @pytest.mark.parametrize("proposal,source", [("factorised", "model"), ("factorised", "prior"),
                                              ("sequential", "model")])
 def test_check6_glimpse_is_features_at_the_location_in_the_weights(proposal, source):
     case = TinyCase(proposal=proposal, seed=15)
-    inputs_seen = []
-    handle = case.model.decoder.lstm.register_forward_hook(lambda m, args, out: inputs_seen.append(args[0]))
-    try:
-        drawn = draw_locations(case.model, case.features, case.text, 6, source,
-                               generator=torch.Generator().manual_seed(16))
-    finally:
-        handle.remove()
-    glimpses = torch.cat(inputs_seen, 1)[..., case.model.config.embedding_dim:]  # (K, T, D)
+    glimpses, drawn = glimpses_fed_to_the_lstm(case, source)
     locations = drawn.locations[0]  # (K, T)
     torch.testing.assert_close(glimpses, case.features[0][locations], atol=0, rtol=0)
     # and those same locations are the ones scored in log p(a|x)
